@@ -1,0 +1,340 @@
+"""The one typed configuration of the project, read from ``params.yaml``.
+
+Every section is a frozen dataclass; every field carries its own check. A stage
+loads only the sections it declares in ``dvc.yaml`` and validates them before any
+work, so a bad value stops it with a message naming the key, the value and what
+is allowed (``ConfigError``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import ConfigError
+
+# ---------------------------------------------------------------------------
+# field checks: each returns None when the value is fine, else "what is allowed"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        rng = f"an integer{f' >= {lo}' if lo is not None else ''}{f' and <= {hi}' if hi is not None else ''}"
+        if not _is_int(v):
+            return rng
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            return rng
+        return None
+
+    return check
+
+
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        lo_s = "" if lo is None else f" {'>' if lo_open else '>='} {lo}"
+        hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
+        desc = f"a finite number{lo_s}{' and' if lo_s and hi_s else ''}{hi_s}"
+        if not _is_num(v):
+            return desc
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return desc
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return desc
+        return None
+
+    return check
+
+
+def choice(*allowed: Any) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) and not any(isinstance(a, bool) for a in allowed):
+            return "one of " + ", ".join(repr(a) for a in allowed)
+        return None if v in allowed else "one of " + ", ".join(repr(a) for a in allowed)
+
+    return check
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
+
+
+def string(allow_empty: bool = True) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str) or (not allow_empty and not v.strip()):
+            return "a string" if allow_empty else "a non-empty string"
+        return None
+
+    return check
+
+
+def string_list(v: Any) -> str | None:
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        return "a list of strings"
+    return None
+
+
+def int_list(lo: int = 1) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or not v or not all(_is_int(s) and s >= lo for s in v):
+            return f"a non-empty list of integers >= {lo}"
+        return None
+
+    return check
+
+
+def F(default: Any, check: Callable[[Any], str | None], doc: str = "") -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"check": check, "doc": doc})
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+# ---------------------------------------------------------------------------
+# sections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = F("chatterbot", choice("ultrachat", "chatterbot", "jsonl"),
+                    "where conversations come from")
+    path: str = F("", string(), "file for source=jsonl (JSONL or Parquet, ultrachat_200k row schema)")
+    num_samples: int = F(50, integer(1, 10_000_000), "training conversations (x max_seq_length tokens)")
+    val_fraction: float = F(0.2, number(0, 1, lo_open=True, hi_open=True),
+                            "validation rows = ceil(val_fraction * num_samples)")
+    max_seq_length: int = F(128, integer(2, 1_000_000), "GPT-2 tokens kept per sample")
+    tokenizer: str = F("gpt2-offline", choice("gpt2", "gpt2-offline"),
+                       "gpt2 from the Hugging Face Hub, or the same ids built offline")
+    hub_dataset: str = F("HuggingFaceH4/ultrachat_200k", string(False), "Hub dataset for source=ultrachat")
+    train_split: str = F("train_sft", string(False), "split used for training rows")
+    val_split: str = F("test_sft", string(False), "split used for held-out validation rows")
+
+    def validate(self) -> None:
+        if self.source == "jsonl" and not self.path:
+            raise ConfigError("data.path", self.path,
+                              "a JSONL or Parquet file path when data.source is 'jsonl'")
+
+    @property
+    def num_val(self) -> int:
+        return max(1, math.ceil(self.val_fraction * self.num_samples))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    context_dim: int = F(768, integer(1, 65536), "d_c")
+    embed_dim: int = F(768, integer(1, 65536), "d_e")
+    num_layers: int = F(6, integer(1, 256), "L")
+    layernorm_mix: float = F(1.0, number(0, 1), "m: x <- (1-m) x + m LN(x) after each layer")
+    layernorm_trainable: bool = F(True, boolean, "LayerNorm scale/shift trainable (original: yes)")
+    pretrained_embeddings: bool = F(False, boolean, "frozen GPT-2 wte (needs embed_dim 768)")
+    pretrained_name: str = F("gpt2", string(False), "Hub id or local directory of the GPT-2 model")
+    vocab_size: int = F(50257, integer(2, 10_000_000), "GPT-2 vocabulary")
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Phase1Config:
+    stream: str = F("sample", choice("sample", "corpus"),
+                    "sample: context resets per conversation; corpus: one stream (original)")
+    max_iterations: int = F(10, integer(1, 10_000), "passes at most, pass 0 (untrained forward) included")
+    learning_rate: float = F(0.002, number(0, 10, lo_open=True), "Adam lr")
+    dist_reg_weight: float = F(0.5, number(0, 1), "w in (1-w) L_cvfp + w L_div")
+    context_noise_std: float = F(0.01, number(0, 100), "sigma of the context noise in training")
+    ema_momentum: float = F(0.99, number(0, 1, hi_open=True), "momentum of the context EMA mu")
+    convergence_threshold: float = F(0.05, number(0, lo_open=True), "per-token MSE below which it converged")
+    min_converged_ratio: float = F(0.95, number(0, 1), "early stop when this fraction converged")
+    batch_tokens: int = F(1024, integer(0), "tokens per optimizer step; 1 = original online; 0 = one step per pass")
+    chunk_tokens: int = F(8192, integer(1), "tokens per forward/backward chunk (bounds memory)")
+    gradient_clip: float = F(1.0, number(0, lo_open=True), "gradient-norm clip")
+    checkpoint_every: int = F(1, integer(1), "rolling resume checkpoint every N passes")
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    min_train_er_pct: float = F(85.0, number(0, 100), "seed criterion: train ER %")
+    min_val_er_pct: float = F(75.0, number(0, 100), "seed criterion: validation ER %")
+    max_final_diff: float = F(0.001, number(0), "seed criterion: final_diff")
+    convergence_passes: int = F(5, integer(1, 1000), "frozen passes of the convergence check")
+    cosine_pairs: int = F(20000, integer(1), "sampled pairs for the mean pairwise cosine")
+    enforce: bool = F(False, boolean, "a failed verdict stops the pipeline")
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Phase2Config:
+    epochs: int = F(10, integer(1, 100_000), "epochs (one pass over the training tokens each)")
+    learning_rate: float = F(0.002, number(0, 10, lo_open=True), "Adam lr")
+    gradient_clip: float = F(1.0, number(0, lo_open=True), "gradient-norm clip")
+    batch_tokens: int = F(4096, integer(0), "tokens per optimizer step; 0 = one full-batch step per epoch (original)")
+    chunk_tokens: int = F(2048, integer(1), "tokens per logits chunk (bounds memory: chunk x vocab)")
+    freeze_context: bool = F(False, boolean, "true: only the head trains")
+    predict_from: str = F("token", choice("token", "context"), "logits from x' (original) or from c")
+    checkpoint_every: int = F(1, integer(1), "rolling resume checkpoint every N epochs")
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = F("auto", choice("auto", "cpu", "cuda"), "auto picks CUDA when available")
+    precision: str = F("fp32", choice("fp32", "bf16", "fp16"), "autocast dtype (fp16 uses a GradScaler)")
+    threads: int = F(0, integer(0, 1024), "torch CPU threads; 0 = all cores")
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ResumeConfig:
+    enabled: bool = F(True, boolean, "keep and use rolling checkpoints")
+    dir: str = F("resume", string(False), "where rolling checkpoints live (not a DVC output)")
+    mirror_dir: str = F("", string(), "optional copy of the rolling checkpoints, e.g. on Google Drive")
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    prompts: list = F(["Hello, how are you?", "What is the capital of France?",
+                       "Can you help me write a function"], string_list, "prompts continued in the report")
+    max_new_tokens: int = F(30, integer(1, 10_000), "tokens generated per prompt")
+    temperature: float = F(0.0, number(0), "0 = greedy")
+    top_k: int = F(0, integer(0), "0 = no top-k filter")
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    nproc: int = F(1, integer(1, 1024), "processes launched by torchrun for phase1/phase2")
+
+    def validate(self) -> None:
+        pass
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "phase1": Phase1Config,
+    "validate": ValidateConfig,
+    "phase2": Phase2Config,
+    "runtime": RuntimeConfig,
+    "resume": ResumeConfig,
+    "report": ReportConfig,
+    "dist": DistConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    phase1: Phase1Config = field(default_factory=Phase1Config)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    phase2: Phase2Config = field(default_factory=Phase2Config)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def section_dict(self, name: str) -> dict:
+        return dataclasses.asdict(getattr(self, name))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build_section(name: str, raw: Any) -> Any:
+    cls = SECTIONS[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(name, raw, "a mapping of keys (see params.yaml)")
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}", raw[key],
+                              "a known key; unknown key (typo?). Allowed keys: " + ", ".join(known))
+    values = {}
+    for key, f in known.items():
+        v = raw.get(key, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        if isinstance(v, int) and not isinstance(v, bool) and f.type in ("float",):
+            v = float(v)
+        problem = f.metadata["check"](v)
+        if problem:
+            raise ConfigError(f"{name}.{key}", v, problem)
+        values[key] = v
+    obj = cls(**values)
+    obj.validate()
+    return obj
+
+
+def from_dict(raw: Any, sections: list[str] | None = None) -> Config:
+    """Build and validate a Config. Only ``sections`` (default: all) are checked; the
+    others keep their defaults, so a stage never fails on another stage's section."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("params.yaml", type(raw).__name__, "a YAML mapping of sections")
+    wanted = list(SECTIONS) if sections is None else list(sections)
+    for name in wanted:
+        if name not in SECTIONS:
+            raise ValueError(f"unknown config section {name!r}")
+    seed = raw.get("seed", 0)
+    problem = integer(0, 2**31 - 1)(seed)
+    if problem:
+        raise ConfigError("seed", seed, problem)
+    built = {name: _build_section(name, raw.get(name)) for name in wanted}
+    cfg = Config(seed=seed, **built)
+    _cross_checks(cfg, wanted)
+    return cfg
+
+
+def _cross_checks(cfg: Config, wanted: list[str]) -> None:
+    if "model" in wanted and cfg.model.pretrained_embeddings and cfg.model.embed_dim != 768:
+        raise ConfigError("model.embed_dim", cfg.model.embed_dim,
+                          "768 when model.pretrained_embeddings is true (GPT-2 wte is 768-wide)")
+
+
+def load(path: str | Path = "params.yaml", sections: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(str(path), "missing", "an existing params.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), "unparsable YAML", f"valid YAML ({e})") from None
+    return from_dict(raw, sections)
+
+
+def describe() -> str:
+    """Markdown table of every key (used to keep the README honest)."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows.append("| `seed` | `0` | seed of every random draw |")
+    for name, cls in SECTIONS.items():
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append(f"| `{name}.{f.name}` | `{default!r}` | {f.metadata.get('doc', '')} |")
+    return "\n".join(rows)

@@ -1,0 +1,1 @@
+"""Data: fetching conversations, tokenizing, and the token cache format."""

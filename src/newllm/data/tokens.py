@@ -1,0 +1,77 @@
+"""The token cache format shared by every stage after tokenize_cache.
+
+A token set is a flat int tensor of all tokens plus per-sample offsets
+(sample ``s`` is ``tokens[offsets[s]:offsets[s+1]]``), saved with torch.save as
+``{"tokens": int32 (N,), "offsets": int64 (S+1,), "format": 1}``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError
+from ..io import atomic_torch_save, torch_load
+
+FORMAT = 1
+
+
+@dataclass
+class TokenSet:
+    tokens: torch.Tensor   # int64 (N,)
+    offsets: torch.Tensor  # int64 (S+1,)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.numel())
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.offsets.numel() - 1)
+
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def sample(self, s: int) -> torch.Tensor:
+        return self.tokens[self.offsets[s]:self.offsets[s + 1]]
+
+    @classmethod
+    def from_lists(cls, samples: list[list[int]]) -> "TokenSet":
+        lengths = torch.tensor([len(s) for s in samples], dtype=torch.int64)
+        offsets = torch.zeros(len(samples) + 1, dtype=torch.int64)
+        offsets[1:] = torch.cumsum(lengths, 0)
+        flat = [t for s in samples for t in s]
+        return cls(torch.tensor(flat, dtype=torch.int64), offsets)
+
+
+def save_token_set(ts: TokenSet, path: str | Path) -> None:
+    atomic_torch_save({"tokens": ts.tokens.to(torch.int32), "offsets": ts.offsets.to(torch.int64),
+                       "format": FORMAT}, path)
+
+
+def load_token_set(path: str | Path, vocab_size: int | None = None) -> TokenSet:
+    """Load and check a token cache; anything wrong is a DataError naming the file."""
+    obj = torch_load(path, "token cache")
+    hint = "delete it and re-run `dvc repro tokenize_cache`"
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or not {"tokens", "offsets"} <= set(obj):
+        raise DataError(f"token cache {path} is not in the expected format; {hint}")
+    tokens, offsets = obj["tokens"], obj["offsets"]
+    if not (isinstance(tokens, torch.Tensor) and isinstance(offsets, torch.Tensor)
+            and tokens.dim() == 1 and offsets.dim() == 1 and offsets.numel() >= 1
+            and not tokens.is_floating_point() and not offsets.is_floating_point()):
+        raise DataError(f"token cache {path} has malformed tensors; {hint}")
+    tokens, offsets = tokens.long(), offsets.long()
+    if int(offsets[0]) != 0 or int(offsets[-1]) != tokens.numel() or bool((offsets[1:] < offsets[:-1]).any()):
+        raise DataError(f"token cache {path} has inconsistent offsets (first {int(offsets[0])}, last "
+                        f"{int(offsets[-1])}, tokens {tokens.numel()}); {hint}")
+    if tokens.numel() == 0:
+        raise DataError(f"token cache {path} holds no tokens: the dataset is empty; check data.* params")
+    if vocab_size is not None:
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = int(((tokens < 0) | (tokens >= vocab_size)).sum())
+            raise DataError(f"token cache {path} holds {bad} token ids outside the vocabulary "
+                            f"[0, {vocab_size}) (min {lo}, max {hi}): tokenizer and model.vocab_size "
+                            f"disagree; {hint}")
+    return TokenSet(tokens, offsets)
