@@ -1,0 +1,33 @@
+"""Every file a stage reads or writes, relative to the repo root (mirrors dvc.yaml)."""
+from pathlib import Path
+
+RAW_TRAIN = Path("data/raw/train.jsonl")
+RAW_VAL = Path("data/raw/val.jsonl")
+TOKENS_TRAIN = Path("data/tokens/train.pt")
+TOKENS_VAL = Path("data/tokens/val.pt")
+TOKENIZER_DIR = Path("data/tokenizer")
+DATA_METRICS = Path("metrics/data.json")
+
+PHASE1_CKPT = Path("models/phase1.pt")
+PHASE1_SIDECAR = Path("models/phase1.json")
+CONTEXTS_TRAIN = Path("data/contexts/train.pt")
+CONTEXTS_VAL = Path("data/contexts/val.pt")
+PHASE1_METRICS = Path("metrics/phase1.json")
+PHASE1_HISTORY = Path("metrics/phase1_passes.csv")
+
+VALIDATE_METRICS = Path("metrics/validate.json")
+SPECTRUM = Path("metrics/spectrum.csv")
+CONVERGENCE = Path("metrics/convergence.csv")
+GATE = Path("data/gate.json")
+
+PHASE2_BEST = Path("models/phase2_best.pt")
+PHASE2_LATEST = Path("models/model_latest.pt")
+PHASE2_METRICS = Path("metrics/phase2.json")
+PHASE2_HISTORY = Path("metrics/phase2_epochs.csv")
+
+REPORT = Path("reports/report.html")
+
+
+def sidecar(ckpt: Path) -> Path:
+    """The JSON sidecar next to a checkpoint: models/x.pt -> models/x.json."""
+    return ckpt.with_suffix(".json")

@@ -1,0 +1,230 @@
+"""Phase 1: fixed-point context learning (cvfp.md, "Phase 1").
+
+Pass 0 runs the untrained network (no noise, no update) and gives the first
+contexts ``c^0``, the untrained reference and the initial EMA ``mu`` (their
+mean). Passes ``k >= 1`` train: per token
+``L = (1-w) mean_i (c^k_t - sg(c^{k-1}_t))_i^2 - w ||c^k_t - sg(mu)||_2``,
+averaged over a batch of ``phase1.batch_tokens`` tokens, one Adam step per
+batch, ``mu <- m mu + (1-m) mean(batch contexts)`` after each step.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import Phase1Config
+from .engine import Schedule, batch_ranges, chunks, scan
+from .errors import NumericalError
+from .model import CVFPModel
+from .runtime import Progress, Runtime
+
+log = logging.getLogger(__name__)
+
+
+def noise_for_pass(seed: int, k: int, n: int, d: int, std: float) -> torch.Tensor | None:
+    """The context noise of training pass ``k`` for every token (flat index), reproducible."""
+    if std <= 0:
+        return None
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + k)
+    return torch.randn(n, d, generator=gen) * std
+
+
+def embed_all(model: CVFPModel, tokens: torch.Tensor, device: torch.device, chunk: int = 16384) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model.embed_tokens(tokens[a:e].to(device)).to(model.ln_e.weight.dtype)
+                          for a, e in chunks(tokens.numel(), chunk)]) if tokens.numel() else \
+            torch.zeros(0, model.cfg.embed_dim, device=device)
+
+
+def frozen_passes(model: CVFPModel, sched: Schedule, x: torch.Tensor, passes: int, rt: Runtime,
+                  carry: torch.Tensor | None = None, on_pass=None, chunk: int = 65536) -> torch.Tensor:
+    """Run ``passes`` no-noise passes with theta frozen, carrying context between passes.
+
+    Returns the last pass's contexts (N, d_c) in flat order; ``on_pass(j, ctx)`` sees each."""
+    d_c = model.cfg.context_dim
+    n = sched.num_tokens
+    if carry is None:
+        carry = torch.zeros(sched.num_streams, d_c, device=x.device)
+    ctx = torch.empty(n, d_c, device=x.device)
+    for j in range(passes):
+        for p0, p1 in batch_ranges(n, chunk):
+            out = scan(model.step, sched, p0, p1, carry, lambda idx: x[idx], autocast=rt.autocast())
+            ctx[sched.order[p0:p1]] = out.c_out
+        if on_pass is not None:
+            on_pass(j, ctx)
+    return ctx
+
+
+@dataclass
+class PassRecord:
+    pass_index: int
+    cvfp_loss: float
+    div_loss: float
+    total_loss: float
+    converged_frac: float
+    mean_diff_mse: float
+    mean_context_norm: float
+    optimizer_steps: int
+    time_s: float
+    tokens_per_s: float
+
+    def as_row(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Phase1State:
+    """Everything a pass boundary needs to continue bitwise-identically."""
+    passes_done: int = 0
+    steps: int = 0
+    mu: torch.Tensor | None = None
+    carry: torch.Tensor | None = None       # (S, d_c) each stream slot's last context
+    prev_ctx: torch.Tensor | None = None    # (N, d_c) contexts of the last completed pass
+    untrained_ctx: torch.Tensor | None = None
+    history: list = field(default_factory=list)
+    stopped_early: bool = False
+
+
+class Phase1Trainer:
+    def __init__(self, model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tensor,
+                 cfg: Phase1Config, rt: Runtime, seed: int):
+        self.model, self.cfg, self.rt, self.seed = model, cfg, rt, seed
+        self.sched = Schedule.build(offsets, cfg.stream)
+        self.tokens = tokens
+        self.x = embed_all(model, tokens, rt.device)
+        self.params = model.layer_parameters()
+        self.opt = torch.optim.Adam(self.params, lr=cfg.learning_rate)
+        self.scaler = rt.grad_scaler()
+        self.state = Phase1State()
+        self.grad_sink = None  # tests: callable(list of grads) before each step
+
+    # -- state for resume -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        s = self.state
+        return {"passes_done": s.passes_done, "steps": s.steps, "mu": s.mu, "carry": s.carry,
+                "prev_ctx": s.prev_ctx, "untrained_ctx": s.untrained_ctx, "history": s.history,
+                "stopped_early": s.stopped_early,
+                "layers": {k: v.cpu() for k, v in self.model.layers.state_dict().items()},
+                "optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None}
+
+    def load_state_dict(self, d: dict) -> None:
+        dev = self.rt.device
+        self.model.layers.load_state_dict(d["layers"])
+        self.opt.load_state_dict(d["optimizer"])
+        if self.scaler and d.get("scaler"):
+            self.scaler.load_state_dict(d["scaler"])
+        t = lambda v: None if v is None else v.to(dev)  # noqa: E731
+        self.state = Phase1State(d["passes_done"], d["steps"], t(d["mu"]), t(d["carry"]), t(d["prev_ctx"]),
+                                 t(d["untrained_ctx"]), list(d["history"]), d["stopped_early"])
+
+    @property
+    def done(self) -> bool:
+        return self.state.stopped_early or self.state.passes_done >= self.cfg.max_iterations
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, on_pass_end=None) -> Phase1State:
+        """Run remaining passes; ``on_pass_end(trainer)`` after each (rolling checkpoints)."""
+        while not self.done:
+            self.run_pass(self.state.passes_done)
+            if on_pass_end is not None:
+                on_pass_end(self)
+        return self.state
+
+    def run_pass(self, k: int) -> PassRecord:
+        cfg, st, sched, dev = self.cfg, self.state, self.sched, self.rt.device
+        n, d_c = sched.num_tokens, self.model.cfg.context_dim
+        train = k >= 1
+        if k == 0:
+            st.carry = torch.zeros(sched.num_streams, d_c, device=dev)
+        noise = noise_for_pass(self.seed, k, n, d_c, cfg.context_noise_std) if train else None
+        noise = noise.to(dev) if noise is not None else None
+        cur = torch.empty(n, d_c, device=dev)
+        w = cfg.dist_reg_weight
+        sums = {"cvfp": 0.0, "div": 0.0, "total": 0.0, "conv": 0, "mse": 0.0}
+        steps0 = st.steps
+        prog = Progress(f"phase1 pass {k}/{cfg.max_iterations - 1}", n)
+        t0 = time.perf_counter()
+        ranges = batch_ranges(n, cfg.batch_tokens) if train else batch_ranges(n, max(cfg.chunk_tokens, 65536))
+        for p0, p1 in ranges:
+            out = scan(self.model.step, sched, p0, p1, st.carry, lambda idx: self.x[idx], noise,
+                       autocast=self.rt.autocast())
+            idx = sched.order[p0:p1]
+            if not bool(torch.isfinite(out.c_out).all()):
+                raise NumericalError(f"phase1 pass {k}: non-finite contexts (NaN/Inf) at tokens "
+                                     f"{p0}-{p1} of the schedule; the last good checkpoint is kept")
+            cur[idx] = out.c_out
+            if train:
+                prev = st.prev_ctx[idx]
+                mse = ((out.c_out - prev) ** 2).mean(1)
+                sums["conv"] += int((mse < cfg.convergence_threshold).sum())
+                sums["mse"] += float(mse.sum())
+                self._train_batch(out.c_in, idx, prev, w, sums, k, p0)
+                st.mu = cfg.ema_momentum * st.mu + (1 - cfg.ema_momentum) * out.c_out.mean(0)
+            prog.update(p1 - p0)
+        if k == 0:
+            st.untrained_ctx = cur.clone()
+            st.mu = cur.mean(0)
+        el = time.perf_counter() - t0
+        rec = PassRecord(
+            pass_index=k,
+            cvfp_loss=sums["cvfp"] / n if train else float("nan"),
+            div_loss=sums["div"] / n if train else float("nan"),
+            total_loss=sums["total"] / n if train else float("nan"),
+            converged_frac=sums["conv"] / n if train else 0.0,
+            mean_diff_mse=sums["mse"] / n if train else float("nan"),
+            mean_context_norm=float(cur.norm(dim=1).mean()),
+            optimizer_steps=st.steps - steps0, time_s=round(el, 3), tokens_per_s=round(n / el, 1))
+        st.prev_ctx = cur
+        st.history.append(rec.as_row())
+        st.passes_done = k + 1
+        if train and rec.converged_frac >= cfg.min_converged_ratio:
+            st.stopped_early = True
+        log.info("phase1 pass %d done: cvfp %.5f div %.4f converged %.1f%% |c| %.2f steps %d  %.1fs %.0f tok/s",
+                 k, rec.cvfp_loss, rec.div_loss, 100 * rec.converged_frac, rec.mean_context_norm,
+                 rec.optimizer_steps, el, rec.tokens_per_s)
+        return rec
+
+    def _train_batch(self, c_in: torch.Tensor, idx: torch.Tensor, prev: torch.Tensor, w: float,
+                     sums: dict, k: int, p0: int) -> None:
+        b = idx.numel()
+        mu = self.state.mu
+        self.opt.zero_grad(set_to_none=True)
+        for a, e in chunks(b, self.cfg.chunk_tokens):
+            with self.rt.autocast():
+                c, _ = self.model.step(c_in[a:e], self.x[idx[a:e]])
+            c = c.to(prev.dtype)
+            l_cvfp = ((c - prev[a:e]) ** 2).mean(1)
+            l_div = -(c - mu).norm(dim=1)
+            loss_tok = (1 - w) * l_cvfp + w * l_div
+            loss = loss_tok.sum() / b
+            if not bool(torch.isfinite(loss)):
+                raise NumericalError(f"phase1 pass {k}: non-finite loss at schedule tokens {p0 + a}-{p0 + e} "
+                                     f"(cvfp {float(l_cvfp.sum()):.4g}, div {float(l_div.sum()):.4g}); "
+                                     f"the last good checkpoint is kept")
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            sums["cvfp"] += float(l_cvfp.detach().sum())
+            sums["div"] += float(l_div.detach().sum())
+            sums["total"] += float(loss_tok.detach().sum())
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        if self.grad_sink is not None:
+            self.grad_sink([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                            for p in self.params])
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.gradient_clip)
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.state.steps += 1
+
+
+def relative_change(theta0: dict, theta: dict) -> float:
+    num = math.sqrt(sum(float(((theta[k].float().cpu() - v.float()) ** 2).sum()) for k, v in theta0.items()))
+    den = math.sqrt(sum(float((v.float() ** 2).sum()) for v in theta0.values()))
+    return num / den if den > 0 else float("nan")

@@ -1,0 +1,1 @@
+"""Stage orchestration: what each DVC stage reads, runs and writes (logic lives in newllm.*)."""

@@ -1,0 +1,112 @@
+"""Stage phase1_fixed_point: train Phase 1, save checkpoint, contexts, history and metrics."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+
+import torch
+
+from .. import paths
+from ..config import Config
+from ..data.tokens import load_token_set
+from ..engine import Schedule
+from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, state_dict_digest
+from ..model import build_model
+from ..phase1 import Phase1Trainer, embed_all, frozen_passes, relative_change
+from ..resume import ResumeStore, fingerprint
+from ..runtime import Runtime, oom_advice, peak_memory
+
+log = logging.getLogger(__name__)
+SECTIONS = ["model", "phase1", "runtime", "resume"]
+
+
+def history_csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if isinstance(v, float) and v != v else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def run(cfg: Config) -> dict:
+    t_start = time.perf_counter()
+    rt = Runtime.from_config(cfg.runtime)
+    m = cfg.model
+    train = load_token_set(paths.TOKENS_TRAIN, m.vocab_size)
+    val = load_token_set(paths.TOKENS_VAL, m.vocab_size)
+    model = build_model(m, cfg.seed).to(rt.device)
+    theta0 = model.layer_state()
+    fp = fingerprint(cfg.section_dict("model"), {k: v for k, v in cfg.section_dict("phase1").items()
+                                                 if k != "checkpoint_every"},
+                     cfg.runtime.precision, cfg.seed, state_dict_digest({"t": train.tokens, "o": train.offsets}))
+    store = ResumeStore(cfg.resume, "phase1", fp)
+    trainer = Phase1Trainer(model, train.tokens.to(rt.device), train.offsets, cfg.phase1, rt, cfg.seed)
+    val_sched = Schedule.build(val.offsets, cfg.phase1.stream)
+    val_x = embed_all(model, val.tokens, rt.device)
+
+    resumed = store.load()
+    if resumed is not None:
+        trainer.load_state_dict(resumed["trainer"])
+        val_untrained = resumed["val_untrained"].to(rt.device)
+        log.info("resumed phase1 after pass %d (%d optimizer steps)", trainer.state.passes_done - 1,
+                 trainer.state.steps)
+    else:
+        val_untrained = frozen_passes(model, val_sched, val_x, 1, rt)
+
+    def checkpoint(tr: Phase1Trainer) -> None:
+        k = tr.state.passes_done
+        if k % cfg.phase1.checkpoint_every == 0 or tr.done:
+            store.save({"trainer": tr.state_dict(), "val_untrained": val_untrained.cpu()})
+
+    with oom_advice("phase1_fixed_point", "phase1.batch_tokens"):
+        state = trainer.run(on_pass_end=checkpoint)
+        passes = state.passes_done
+        # validation: theta frozen, no noise, as many passes as training ran, context carried
+        val_ctx = frozen_passes(model, val_sched, val_x, passes, rt)
+    train_time = time.perf_counter() - t_start
+
+    model_state = {k: v.cpu() for k, v in model.state_dict().items()}
+    change = relative_change(theta0, model.layer_state())
+    atomic_torch_save({"model_state_dict": model_state, "optimizer_state_dict": trainer.opt.state_dict(),
+                       "mu": state.mu.cpu(), "passes": passes, "format": 1}, paths.PHASE1_CKPT)
+    digest = state_dict_digest(model_state)
+    last = state.history[-1]
+    sidecar = {
+        "config": {"seed": cfg.seed, "model": cfg.section_dict("model"), "phase1": cfg.section_dict("phase1"),
+                   "runtime": cfg.section_dict("runtime")},
+        "embeddings": model.embeddings_source, "passes": passes, "pass_index": passes - 1,
+        "optimizer_steps": state.steps, "stopped_early": state.stopped_early,
+        "mu_norm": float(state.mu.norm()), "model_digest": digest,
+        "rng": {"init": f"torch.Generator seeded with seed={cfg.seed}",
+                "noise": "pass k: torch.Generator seeded with seed*1000003+k"},
+        "train_tokens": train.num_tokens, "val_tokens": val.num_tokens,
+    }
+    atomic_write_json(paths.PHASE1_SIDECAR, sidecar)
+    atomic_torch_save({"contexts": state.prev_ctx.cpu(), "untrained": state.untrained_ctx.cpu()},
+                      paths.CONTEXTS_TRAIN)
+    atomic_torch_save({"contexts": val_ctx.cpu(), "untrained": val_untrained.cpu()}, paths.CONTEXTS_VAL)
+    atomic_write_text(paths.PHASE1_HISTORY, history_csv(state.history))
+    train_passes = [h for h in state.history if h["pass_index"] >= 1]
+    train_s = sum(h["time_s"] for h in train_passes)
+    metrics = {
+        "tokens": train.num_tokens, "val_tokens": val.num_tokens, "passes": passes,
+        "optimizer_steps": state.steps, "param_change": round(change, 6),
+        "stopped_early": state.stopped_early, "embeddings": model.embeddings_source,
+        "final_cvfp_loss": last["cvfp_loss"] if passes > 1 else None,
+        "final_div_loss": last["div_loss"] if passes > 1 else None,
+        "final_converged_frac": last["converged_frac"], "final_context_norm": round(last["mean_context_norm"], 4),
+        "time_s": round(train_time, 2),
+        "tokens_per_s": round(train.num_tokens * len(train_passes) / train_s, 1) if train_s > 0 else None,
+        "device": rt.device.type, "precision": rt.precision,
+        **peak_memory(rt.device),
+    }
+    atomic_write_json(paths.PHASE1_METRICS, metrics)
+    store.clear()
+    log.info("phase1 done: %d passes, %d optimizer steps, param change %.4f, %.1fs", passes, state.steps,
+             change, train_time)
+    return metrics

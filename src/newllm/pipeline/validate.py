@@ -1,0 +1,160 @@
+"""Stage validate_rank: effective ranks with their references, convergence check, verdict, gate."""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from .. import paths
+from ..config import Config, ModelConfig, Phase1Config
+from ..data.tokens import load_token_set
+from ..engine import Schedule
+from ..errors import CheckpointError, NewLLMError
+from ..io import atomic_write_json, atomic_write_text, read_json, torch_load
+from ..model import build_model, load_model_state
+from ..phase1 import embed_all, frozen_passes
+from ..rank import context_report, effective_rank, gaussian_er, singular_values
+from ..runtime import Runtime, peak_memory
+
+log = logging.getLogger(__name__)
+SECTIONS = ["validate", "runtime"]
+
+
+def load_phase1(rt: Runtime) -> tuple[torch.nn.Module, dict]:
+    """The Phase 1 model, rebuilt from its sidecar's config; mismatches are clear errors."""
+    side = read_json(paths.PHASE1_SIDECAR, "phase1 sidecar")
+    try:
+        mcfg = ModelConfig(**side["config"]["model"])
+        seed = int(side["config"]["seed"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"phase1 sidecar {paths.PHASE1_SIDECAR} lacks the model config ({e}); "
+                              f"re-run `dvc repro phase1_fixed_point`") from None
+    ckpt = torch_load(paths.PHASE1_CKPT, "phase1 checkpoint")
+    if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
+        raise CheckpointError(f"phase1 checkpoint {paths.PHASE1_CKPT} has no model_state_dict; "
+                              f"re-run `dvc repro phase1_fixed_point`")
+    model = build_model(ModelConfig(**{**mcfg.__dict__, "pretrained_embeddings": False}), seed)
+    load_model_state(model, ckpt["model_state_dict"], f"phase1 checkpoint {paths.PHASE1_CKPT}")
+    model.embeddings_source = side.get("embeddings", "random")
+    return model.to(rt.device), side
+
+
+def load_contexts(path, n_tokens: int, d_c: int) -> dict:
+    obj = torch_load(path, "contexts")
+    for key in ("contexts", "untrained"):
+        t = obj.get(key) if isinstance(obj, dict) else None
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n_tokens, d_c):
+            raise CheckpointError(f"contexts file {path} does not match the token cache ({key}: expected "
+                                  f"({n_tokens}, {d_c})); re-run `dvc repro phase1_fixed_point`")
+    return obj
+
+
+def run(cfg: Config) -> dict:
+    t0 = time.perf_counter()
+    v = cfg.validate
+    rt = Runtime.from_config(cfg.runtime)
+    model, side = load_phase1(rt)
+    mcfg, p1 = model.cfg, Phase1Config(**side["config"]["phase1"])
+    train = load_token_set(paths.TOKENS_TRAIN, mcfg.vocab_size)
+    val = load_token_set(paths.TOKENS_VAL, mcfg.vocab_size)
+    tc = load_contexts(paths.CONTEXTS_TRAIN, train.num_tokens, mcfg.context_dim)
+    vc = load_contexts(paths.CONTEXTS_VAL, val.num_tokens, mcfg.context_dim)
+    seed = int(side["config"]["seed"])
+
+    reports = {
+        "train": context_report(tc["contexts"], v.cosine_pairs, seed),
+        "val": context_report(vc["contexts"], v.cosine_pairs, seed),
+        "train_untrained": context_report(tc["untrained"], v.cosine_pairs, seed),
+        "val_untrained": context_report(vc["untrained"], v.cosine_pairs, seed),
+    }
+    x = embed_all(model, train.tokens.to(rt.device), rt.device)
+    s_input = singular_values(x)
+    er_input = effective_rank(s_input)
+    er_gauss = gaussian_er(train.num_tokens, mcfg.context_dim, seed)
+
+    # convergence check: 5 more frozen passes, carrying each stream's last context
+    sched = Schedule.build(train.offsets, p1.stream)
+    prev = tc["contexts"].to(rt.device)
+    carry = prev[sched.last_index()].clone()
+    diffs: list[float] = []
+
+    def on_pass(j: int, ctx: torch.Tensor) -> None:
+        diffs.append(float((ctx - prev).norm(dim=1).mean()))
+        prev.copy_(ctx)
+
+    with torch.no_grad():
+        frozen_passes(model, sched, x, v.convergence_passes, rt, carry=carry, on_pass=on_pass)
+    if not all(d == d and d != float("inf") for d in diffs):
+        raise NewLLMError(f"validate_rank: non-finite context differences in the convergence check "
+                          f"({diffs}); the Phase 1 model is numerically broken")
+    final_diff = diffs[-1]
+
+    tr, va = reports["train"], reports["val"]
+    criteria = {
+        "train_er": tr["er_pct"] >= v.min_train_er_pct,
+        "val_er": va["er_pct"] >= v.min_val_er_pct,
+        "final_diff": final_diff <= v.max_final_diff,
+    }
+    passed = all(criteria.values())
+    d = mcfg.context_dim
+    strip = lambda r: {k: val for k, val in r.items() if k != "singular_values"}  # noqa: E731
+    metrics = {
+        "passed": passed,
+        "criteria": criteria,
+        "thresholds": {"min_train_er_pct": v.min_train_er_pct, "min_val_er_pct": v.min_val_er_pct,
+                       "max_final_diff": v.max_final_diff},
+        "train": {**strip(tr), "er_pct_untrained": reports["train_untrained"]["er_pct"],
+                  "tokens": train.num_tokens},
+        "val": {**strip(va), "er_pct_untrained": reports["val_untrained"]["er_pct"], "tokens": val.num_tokens},
+        "untrained": {"train": strip(reports["train_untrained"]), "val": strip(reports["val_untrained"])},
+        "input": {"er": round(er_input, 4), "er_pct": round(100 * er_input / mcfg.embed_dim, 4)},
+        "gaussian": {"er": round(er_gauss, 4), "er_pct": round(100 * er_gauss / d, 4)},
+        "final_diff": final_diff,
+        "convergence_passes": v.convergence_passes,
+        "collapsed": bool(tr["collapsed"] or va["collapsed"]),
+        "embeddings": side.get("embeddings"),
+        "optimizer_steps": side.get("optimizer_steps"),
+        "time_s": round(time.perf_counter() - t0, 2),
+        **peak_memory(rt.device),
+    }
+    atomic_write_json(paths.VALIDATE_METRICS, metrics)
+    atomic_write_text(paths.CONVERGENCE, "pass,diff\n" + "".join(f"{j + 1},{x_:.8g}\n" for j, x_ in enumerate(diffs)))
+    _write_spectrum(reports, s_input)
+    # the gate's content changes only with the verdict or the Phase 1 model
+    atomic_write_json(paths.GATE, {"passed": passed, "phase1_model": side.get("model_digest")})
+
+    verdict = "PASSED" if passed else "FAILED"
+    lines = [f"validate_rank: {verdict} the seed's criteria",
+             f"  train ER {tr['er_pct']:.2f}% (>= {v.min_train_er_pct}: {criteria['train_er']}; "
+             f"untrained {reports['train_untrained']['er_pct']:.2f}%, gaussian {metrics['gaussian']['er_pct']:.2f}%)",
+             f"  val ER   {va['er_pct']:.2f}% (>= {v.min_val_er_pct}: {criteria['val_er']}; "
+             f"untrained {reports['val_untrained']['er_pct']:.2f}%)",
+             f"  final_diff {final_diff:.6g} (<= {v.max_final_diff}: {criteria['final_diff']})",
+             f"  collapse: train {tr['collapsed']} (mean cos {tr['mean_cos']:.3f}, |c| {tr['mean_norm']:.3g}), "
+             f"val {va['collapsed']}"]
+    if passed:
+        for line in lines:
+            log.info(line)
+    else:
+        banner = "!" * 72
+        log.warning(banner)
+        for line in lines:
+            log.warning(line)
+        log.warning(banner)
+        if v.enforce:
+            raise NewLLMError("validate_rank: the Phase 1 model failed the seed's criteria and "
+                              "validate.enforce is true; stopping before phase2 (see metrics/validate.json)")
+    return metrics
+
+
+def _write_spectrum(reports: dict, s_input: torch.Tensor) -> None:
+    """Normalised singular values p_i = s_i / sum(s) per rank index, for dvc plots."""
+    cols = {name: reports[name]["singular_values"] for name in ("train", "val", "train_untrained")}
+    cols["input"] = s_input
+    n = max(len(c) for c in cols.values())
+    norm = {k: (c / c.sum() if float(c.sum()) > 0 else c) for k, c in cols.items()}
+    rows = ["rank," + ",".join(norm)]
+    for i in range(n):
+        rows.append(f"{i + 1}," + ",".join(f"{float(c[i]):.8g}" if i < len(c) else "" for c in norm.values()))
+    atomic_write_text(paths.SPECTRUM, "\n".join(rows) + "\n")

@@ -1,0 +1,87 @@
+"""Plain per-token reference implementations, kept to prove the batched engine exact.
+
+One token at a time, in the schedule order the engine defines (streams sorted by
+length, longest first, ties in sample order; position-major: every stream's
+token t before any stream's token t+1). Slow on purpose: no batching at all.
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import Phase1Config
+from .model import CVFPModel
+from .phase1 import noise_for_pass
+
+
+def token_order(offsets: list[int], mode: str) -> list[tuple[int, int, int]]:
+    """(flat index, stream, t) in schedule order."""
+    if mode == "corpus":
+        streams = [(0, offsets[-1])]
+    else:
+        streams = [(offsets[i], offsets[i + 1] - offsets[i]) for i in range(len(offsets) - 1)
+                   if offsets[i + 1] > offsets[i]]
+    streams = sorted(streams, key=lambda s: -s[1])  # Python's sort is stable
+    out = []
+    for t in range(max((s[1] for s in streams), default=0)):
+        for j, (start, length) in enumerate(streams):
+            if t < length:
+                out.append((start + t, j, t))
+    return out
+
+
+def phase1_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tensor, cfg: Phase1Config,
+                     seed: int, grad_sink=None) -> dict:
+    """Phase 1 token by token. Returns per-pass contexts (flat order), steps and mu."""
+    order = token_order(offsets.tolist(), cfg.stream)
+    n, d_c = tokens.numel(), model.cfg.context_dim
+    params = model.layer_parameters()
+    opt = torch.optim.Adam(params, lr=cfg.learning_rate)
+    w = cfg.dist_reg_weight
+    n_streams = max(j for _, j, _ in order) + 1
+    carry = [torch.zeros(d_c) for _ in range(n_streams)]
+    prev = None
+    mu = None
+    steps = 0
+    contexts = []
+    for k in range(cfg.max_iterations):
+        train = k >= 1
+        noise = noise_for_pass(seed, k, n, d_c, cfg.context_noise_std) if train else None
+        cur = torch.zeros(n, d_c)
+        b_size = n if (cfg.batch_tokens <= 0 or cfg.batch_tokens >= n) else cfg.batch_tokens
+        batch_ctx = []
+        conv = 0
+        if train:
+            opt.zero_grad(set_to_none=True)
+        for pos, (i, j, t) in enumerate(order):
+            batch_len = min(b_size, n - (pos // b_size) * b_size)
+            c_in = carry[j].clone()
+            if noise is not None and t > 0:
+                c_in = c_in + noise[i]
+            with torch.set_grad_enabled(train):
+                x = model.embed_tokens(tokens[i:i + 1]).detach()
+                c, _ = model.step(c_in.unsqueeze(0), x)
+                c = c[0]
+            if train:
+                l_cvfp = ((c - prev[i]) ** 2).mean()
+                l_div = -(c - mu).norm()
+                (((1 - w) * l_cvfp + w * l_div) / batch_len).backward()
+                conv += int(float(((c.detach() - prev[i]) ** 2).mean()) < cfg.convergence_threshold)
+            carry[j] = c.detach()
+            cur[i] = c.detach()
+            batch_ctx.append(c.detach())
+            if train and (pos + 1) % b_size == 0 or train and pos + 1 == n:
+                if grad_sink is not None:
+                    grad_sink([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params])
+                torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                steps += 1
+                mu = cfg.ema_momentum * mu + (1 - cfg.ema_momentum) * torch.stack(batch_ctx).mean(0)
+                batch_ctx = []
+        if k == 0:
+            mu = cur.mean(0)
+        contexts.append(cur)
+        prev = cur
+        if train and conv / n >= cfg.min_converged_ratio:
+            break
+    return {"contexts": contexts, "steps": steps, "mu": mu}

@@ -1,0 +1,101 @@
+"""Device, precision, peak memory, progress lines, and CUDA out-of-memory advice."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .config import RuntimeConfig
+from .errors import NewLLMError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    precision: str
+
+    @classmethod
+    def from_config(cls, cfg: RuntimeConfig) -> "Runtime":
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise NewLLMError("runtime.device = 'cuda' but no CUDA GPU is visible to torch; "
+                              "use runtime.device: auto or cpu")
+        name = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        rt = cls(torch.device(name), cfg.precision)
+        log.info("device %s%s, precision %s, %d CPU threads", name,
+                 f" ({torch.cuda.get_device_name(0)})" if name == "cuda" else "", cfg.precision,
+                 torch.get_num_threads())
+        return rt
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
+
+    def grad_scaler(self):
+        """A GradScaler for fp16, else None."""
+        if self.precision != "fp16":
+            return None
+        return torch.amp.GradScaler(self.device.type)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KB)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / 1024.0 if sys.platform != "darwin" else kb / 2**20, 1)
+
+
+def peak_memory(device: torch.device) -> dict:
+    out = {"peak_rss_mb": peak_rss_mb()}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+class Progress:
+    """Logs tokens done/total, tokens/s and ETA at most every ``every`` seconds."""
+
+    def __init__(self, label: str, total: int, every: float = 10.0):
+        self.label, self.total, self.every = label, total, every
+        self.start = self.last = time.perf_counter()
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            log.info("%s", self.line())
+
+    def line(self) -> str:
+        el = time.perf_counter() - self.start
+        rate = self.done / el if el > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        return (f"{self.label}: {self.done}/{self.total} tokens ({100.0 * self.done / max(self.total, 1):.0f}%), "
+                f"{rate:,.0f} tok/s, ETA {eta:,.0f}s")
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+@contextlib.contextmanager
+def oom_advice(what: str, batch_key: str):
+    """Turn a CUDA out-of-memory error into a message naming the knobs that reduce memory."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        raise NewLLMError(
+            f"{what} ran out of GPU memory ({str(e).splitlines()[0]}). Reduce memory with any of: "
+            f"{batch_key} (tokens per optimizer step) or the chunk_tokens of the same section, "
+            f"data.num_samples, runtime.precision: bf16 or fp16, model.context_dim/embed_dim.") from None

@@ -1,0 +1,114 @@
+"""The batched Phase 1 engine equals the plain per-token reference."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from newllm.config import ModelConfig, Phase1Config, RuntimeConfig
+from newllm.data.tokens import TokenSet
+from newllm.engine import Schedule, batch_ranges
+from newllm.model import build_model, count_parameters
+from newllm.phase1 import Phase1Trainer
+from newllm.reference import phase1_reference, token_order
+from newllm.runtime import Runtime
+
+TINY = ModelConfig(context_dim=8, embed_dim=6, num_layers=2, vocab_size=50)
+
+
+def toy_tokens(seed=0, lengths=(7, 3, 9, 1, 5)):
+    g = torch.Generator().manual_seed(seed)
+    return TokenSet.from_lists([torch.randint(0, 50, (n,), generator=g).tolist() for n in lengths])
+
+
+def run_both(mode, batch_tokens, iters, dtype, lr=0.002):
+    ts = toy_tokens()
+    cfg = Phase1Config(stream=mode, batch_tokens=batch_tokens, max_iterations=iters, chunk_tokens=4,
+                       min_converged_ratio=1.0, context_noise_std=0.05, learning_rate=lr)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        rt = Runtime(torch.device("cpu"), "fp32")
+        m1 = build_model(TINY, seed=3)
+        m2 = build_model(TINY, seed=3)
+        tr = Phase1Trainer(m1, ts.tokens, ts.offsets, cfg, rt, seed=5)
+        g_fast, g_ref = [], []
+        tr.grad_sink = g_fast.append
+        ctx_fast = []
+        tr.run(on_pass_end=lambda t: ctx_fast.append(t.state.prev_ctx.clone()))
+        ref = phase1_reference(m2, ts.tokens, ts.offsets, cfg, seed=5, grad_sink=g_ref.append)
+    finally:
+        torch.set_default_dtype(old)
+    return tr, m1, m2, ctx_fast, ref, g_fast, g_ref
+
+
+@pytest.mark.parametrize("mode", ["sample", "corpus"])
+def test_full_batch_fp32_matches_reference(mode):
+    tr, m1, m2, ctx_fast, ref, g_fast, g_ref = run_both(mode, 0, 2, torch.float32)
+    assert len(ctx_fast) == len(ref["contexts"]) == 2
+    for a, b in zip(ctx_fast, ref["contexts"]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), (a - b).abs().max()
+    assert len(g_fast) == len(g_ref) == 1 == tr.state.steps
+    for a, b in zip(g_fast[0], g_ref[0]):
+        assert (a - b).norm() <= 1e-4 * b.norm() + 1e-12, ((a - b).norm(), b.norm())
+    assert any(float(g.norm()) > 0 for g in g_fast[0])
+
+
+@pytest.mark.parametrize("mode", ["sample", "corpus"])
+@pytest.mark.parametrize("batch_tokens", [1, 4, 7])
+def test_minibatch_steps_match_reference_float64(mode, batch_tokens):
+    tr, m1, m2, ctx_fast, ref, g_fast, g_ref = run_both(mode, batch_tokens, 3, torch.float64)
+    assert tr.state.steps == ref["steps"] == len(g_ref) == len(g_fast) == 2 * -(-25 // batch_tokens)
+    for a, b in zip(ctx_fast, ref["contexts"]):
+        assert torch.allclose(a, b, atol=1e-9, rtol=0)
+    for ga, gb in zip(g_fast, g_ref):
+        for a, b in zip(ga, gb):
+            assert torch.allclose(a, b, atol=1e-9, rtol=1e-7)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.allclose(p, q, atol=1e-9)
+    assert torch.allclose(tr.state.mu, ref["mu"], atol=1e-9)
+
+
+def test_schedule_is_position_major_over_length_sorted_streams():
+    ts = toy_tokens()
+    for mode in ("sample", "corpus"):
+        sched = Schedule.build(ts.offsets, mode)
+        assert sched.order.tolist() == [i for i, _, _ in token_order(ts.offsets.tolist(), mode)]
+        seen = []
+        for p0, p1 in batch_ranges(sched.num_tokens, 4):
+            for t, a, b, j0 in sched.steps(p0, p1):
+                seen.extend(range(a, b))
+                assert (sched.time_of[a:b] == t).all()
+                assert sched.stream_of[a:b].tolist() == list(range(j0, j0 + b - a))
+        assert seen == list(range(sched.num_tokens))
+
+
+def test_default_size_parameter_count():
+    model = build_model(ModelConfig(), seed=0)
+    assert count_parameters(model) == 91_429_969
+
+
+def test_short_run_trains_and_changes_theta():
+    ts = toy_tokens(lengths=(20, 20, 20))
+    cfg = Phase1Config(max_iterations=3, batch_tokens=16)
+    model = build_model(TINY, seed=1)
+    theta0 = model.layer_state()
+    tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), "fp32"), seed=0)
+    tr.run()
+    assert tr.state.steps == 2 * 4
+    from newllm.phase1 import relative_change
+    assert relative_change(theta0, model.layer_state()) > 1e-3
+
+
+def test_bf16_autocast_runs_close_to_fp32():
+    ts = toy_tokens(lengths=(30, 30))
+    cfg = Phase1Config(max_iterations=2, batch_tokens=0)
+    out = {}
+    for prec in ("fp32", "bf16"):
+        model = build_model(ModelConfig(context_dim=32, embed_dim=32, num_layers=2, vocab_size=50), seed=1)
+        tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), prec), seed=0)
+        tr.run()
+        out[prec] = tr.state.prev_ctx
+    rel = (out["fp32"] - out["bf16"]).norm() / out["fp32"].norm()
+    assert 0 < rel < 0.05
