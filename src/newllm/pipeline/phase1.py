@@ -9,11 +9,12 @@ import time
 import torch
 
 from .. import paths
-from ..config import Config
+from ..config import Config, ModelConfig
 from ..data.tokens import load_token_set
 from ..engine import Schedule
-from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, state_dict_digest
-from ..model import build_model
+from ..errors import CheckpointError
+from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json, state_dict_digest, torch_load
+from ..model import build_model, load_model_state
 from ..phase1 import Phase1Trainer, embed_all, frozen_passes, relative_change
 from ..resume import ResumeStore, fingerprint
 from ..runtime import Runtime, oom_advice, peak_memory
@@ -110,3 +111,22 @@ def run(cfg: Config) -> dict:
     log.info("phase1 done: %d passes, %d optimizer steps, param change %.4f, %.1fs", passes, state.steps,
              change, train_time)
     return metrics
+
+
+def load_checkpoint(rt: Runtime) -> tuple[torch.nn.Module, dict]:
+    """The Phase 1 model, rebuilt from its sidecar's config; mismatches are clear errors."""
+    side = read_json(paths.PHASE1_SIDECAR, "phase1 sidecar")
+    try:
+        mcfg = ModelConfig(**side["config"]["model"])
+        seed = int(side["config"]["seed"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"phase1 sidecar {paths.PHASE1_SIDECAR} lacks the model config ({e}); "
+                              f"re-run `dvc repro phase1_fixed_point`") from None
+    ckpt = torch_load(paths.PHASE1_CKPT, "phase1 checkpoint")
+    if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
+        raise CheckpointError(f"phase1 checkpoint {paths.PHASE1_CKPT} has no model_state_dict; "
+                              f"re-run `dvc repro phase1_fixed_point`")
+    model = build_model(ModelConfig(**{**mcfg.__dict__, "pretrained_embeddings": False}), seed)
+    load_model_state(model, ckpt["model_state_dict"], f"phase1 checkpoint {paths.PHASE1_CKPT}")
+    model.embeddings_source = side.get("embeddings", "random")
+    return model.to(rt.device), side

@@ -7,37 +7,18 @@ import time
 import torch
 
 from .. import paths
-from ..config import Config, ModelConfig, Phase1Config
+from ..config import Config, Phase1Config
 from ..data.tokens import load_token_set
 from ..engine import Schedule
 from ..errors import CheckpointError, NewLLMError
-from ..io import atomic_write_json, atomic_write_text, read_json, torch_load
-from ..model import build_model, load_model_state
+from ..io import atomic_write_json, atomic_write_text, torch_load
 from ..phase1 import embed_all, frozen_passes
 from ..rank import context_report, effective_rank, gaussian_er, singular_values
 from ..runtime import Runtime, peak_memory
+from .phase1 import load_checkpoint
 
 log = logging.getLogger(__name__)
 SECTIONS = ["validate", "runtime"]
-
-
-def load_phase1(rt: Runtime) -> tuple[torch.nn.Module, dict]:
-    """The Phase 1 model, rebuilt from its sidecar's config; mismatches are clear errors."""
-    side = read_json(paths.PHASE1_SIDECAR, "phase1 sidecar")
-    try:
-        mcfg = ModelConfig(**side["config"]["model"])
-        seed = int(side["config"]["seed"])
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"phase1 sidecar {paths.PHASE1_SIDECAR} lacks the model config ({e}); "
-                              f"re-run `dvc repro phase1_fixed_point`") from None
-    ckpt = torch_load(paths.PHASE1_CKPT, "phase1 checkpoint")
-    if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
-        raise CheckpointError(f"phase1 checkpoint {paths.PHASE1_CKPT} has no model_state_dict; "
-                              f"re-run `dvc repro phase1_fixed_point`")
-    model = build_model(ModelConfig(**{**mcfg.__dict__, "pretrained_embeddings": False}), seed)
-    load_model_state(model, ckpt["model_state_dict"], f"phase1 checkpoint {paths.PHASE1_CKPT}")
-    model.embeddings_source = side.get("embeddings", "random")
-    return model.to(rt.device), side
 
 
 def load_contexts(path, n_tokens: int, d_c: int) -> dict:
@@ -54,7 +35,7 @@ def run(cfg: Config) -> dict:
     t0 = time.perf_counter()
     v = cfg.validate
     rt = Runtime.from_config(cfg.runtime)
-    model, side = load_phase1(rt)
+    model, side = load_checkpoint(rt)
     mcfg, p1 = model.cfg, Phase1Config(**side["config"]["phase1"])
     train = load_token_set(paths.TOKENS_TRAIN, mcfg.vocab_size)
     val = load_token_set(paths.TOKENS_VAL, mcfg.vocab_size)
