@@ -55,16 +55,35 @@ class Schedule:
             raise ValueError(f"unknown stream mode {mode!r}")
         # stable sort by length descending keeps sample order among equal lengths
         perm = torch.sort(-lens, stable=True).indices
-        starts, lens = starts[perm], lens[perm]
+        return cls._from_streams(starts[perm], lens[perm])
+
+    @classmethod
+    def _from_streams(cls, starts: torch.Tensor, lens: torch.Tensor) -> "Schedule":
+        """Schedule of streams already sorted by length, descending."""
+        n = int(lens.sum())
         t_max = int(lens[0]) if lens.numel() else 0
         # n_t = number of streams with length > t
-        counts = (lens.unsqueeze(0) > torch.arange(t_max).unsqueeze(1)).sum(1) if t_max else torch.zeros(0, dtype=torch.long)
+        counts = (lens.unsqueeze(0) > torch.arange(t_max).unsqueeze(1)).sum(1) if t_max \
+            else torch.zeros(0, dtype=torch.long)
         pos_starts = torch.zeros(t_max + 1, dtype=torch.long)
         pos_starts[1:] = torch.cumsum(counts, 0)
         time_of = torch.repeat_interleave(torch.arange(t_max), counts)
         stream_of = torch.arange(n) - pos_starts[time_of]
         order = starts[stream_of] + time_of
         return cls(order, pos_starts, stream_of, time_of, starts, lens)
+
+    def shard(self, rank: int, world: int) -> tuple["Schedule", torch.Tensor]:
+        """The streams of one data-parallel rank (slots j with j % world == rank).
+
+        Returns the rank's schedule and ``cum`` (N+1,): the global schedule range [p0, p1)
+        is the rank's local range [cum[p0], cum[p1]) (the global order restricted to the
+        rank's streams is the local order)."""
+        keep = torch.arange(self.num_streams) % world == rank
+        local = Schedule._from_streams(self.stream_first[keep], self.stream_len[keep])
+        mine = (self.stream_of % world == rank).long()
+        cum = torch.zeros(self.num_tokens + 1, dtype=torch.long)
+        cum[1:] = torch.cumsum(mine, 0)
+        return local, cum
 
     def steps(self, p0: int, p1: int) -> Iterator[tuple[int, int, int, int]]:
         """Time steps covering schedule range [p0, p1): yields (t, a, b, j0) with schedule

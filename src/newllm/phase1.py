@@ -9,6 +9,7 @@ batch, ``mu <- m mu + (1-m) mean(batch contexts)`` after each step.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -16,7 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from torch.nn.parallel import DistributedDataParallel as DDP
+
 from .config import Phase1Config
+from .dist import SINGLE, Dist
 from .engine import Schedule, batch_ranges, chunks, scan
 from .errors import NumericalError
 from .model import CVFPModel
@@ -89,25 +93,61 @@ class Phase1State:
     stopped_early: bool = False
 
 
+class _Step(torch.nn.Module):
+    """``F_theta`` as a module of its own, so DDP can wrap exactly the trained layers."""
+
+    def __init__(self, model: CVFPModel):
+        super().__init__()
+        self.layers = model.layers
+
+    def forward(self, c: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for layer in self.layers:
+            c, x = layer(c, x)
+        return c, x
+
+
 class Phase1Trainer:
     def __init__(self, model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tensor,
-                 cfg: Phase1Config, rt: Runtime, seed: int):
-        self.model, self.cfg, self.rt, self.seed = model, cfg, rt, seed
-        self.sched = Schedule.build(offsets, cfg.stream)
+                 cfg: Phase1Config, rt: Runtime, seed: int, dist: Dist = SINGLE):
+        self.model, self.cfg, self.rt, self.seed, self.dist = model, cfg, rt, seed, dist
+        self.global_sched = Schedule.build(offsets, cfg.stream)
+        if dist.active:  # this rank's streams; global batch ranges map to local ones via cum
+            self.sched, self.cum = self.global_sched.shard(dist.rank, dist.world)
+        else:
+            self.sched, self.cum = self.global_sched, None
         self.tokens = tokens
         self.x = embed_all(model, tokens, rt.device)
         self.params = model.layer_parameters()
+        self.step_module = _Step(model)
+        self.ddp = DDP(self.step_module) if dist.active else None
         self.opt = torch.optim.Adam(self.params, lr=cfg.learning_rate)
         self.scaler = rt.grad_scaler()
         self.state = Phase1State()
         self.grad_sink = None  # tests: callable(list of grads) before each step
 
-    # -- state for resume -------------------------------------------------------------------
+    def _local(self, p0: int, p1: int) -> tuple[int, int]:
+        return (p0, p1) if self.cum is None else (int(self.cum[p0]), int(self.cum[p1]))
+
+    # -- state for resume: always the global view, whatever the number of ranks ---------------
+    def _global_carry(self, carry: torch.Tensor) -> torch.Tensor:
+        if not self.dist.active:
+            return carry
+        full = torch.zeros(self.global_sched.num_streams, carry.shape[1], device=carry.device,
+                           dtype=carry.dtype)
+        full[self.dist.rank::self.dist.world] = carry
+        return self.dist.sum_(full)
+
+    def _gathered(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-token tensors hold zeros at other ranks' tokens: their sum is the full tensor."""
+        return t if t is None or not self.dist.active else self.dist.sum_(t.clone())
+
     def state_dict(self) -> dict:
+        """The loop state (collective under data parallelism: every rank must call it)."""
         s = self.state
-        return {"passes_done": s.passes_done, "steps": s.steps, "mu": s.mu, "carry": s.carry,
-                "prev_ctx": s.prev_ctx, "untrained_ctx": s.untrained_ctx, "history": s.history,
-                "stopped_early": s.stopped_early,
+        return {"passes_done": s.passes_done, "steps": s.steps, "mu": s.mu,
+                "carry": None if s.carry is None else self._global_carry(s.carry),
+                "prev_ctx": self._gathered(s.prev_ctx), "untrained_ctx": self._gathered(s.untrained_ctx),
+                "history": s.history, "stopped_early": s.stopped_early,
                 "layers": {k: v.cpu() for k, v in self.model.layers.state_dict().items()},
                 "optimizer": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None}
@@ -119,7 +159,10 @@ class Phase1Trainer:
         if self.scaler and d.get("scaler"):
             self.scaler.load_state_dict(d["scaler"])
         t = lambda v: None if v is None else v.to(dev)  # noqa: E731
-        self.state = Phase1State(d["passes_done"], d["steps"], t(d["mu"]), t(d["carry"]), t(d["prev_ctx"]),
+        carry = t(d["carry"])
+        if carry is not None and self.dist.active:
+            carry = carry[self.dist.rank::self.dist.world].clone()
+        self.state = Phase1State(d["passes_done"], d["steps"], t(d["mu"]), carry, t(d["prev_ctx"]),
                                  t(d["untrained_ctx"]), list(d["history"]), d["stopped_early"])
 
     @property
@@ -136,48 +179,52 @@ class Phase1Trainer:
         return self.state
 
     def run_pass(self, k: int) -> PassRecord:
-        cfg, st, sched, dev = self.cfg, self.state, self.sched, self.rt.device
-        n, d_c = sched.num_tokens, self.model.cfg.context_dim
+        cfg, st, sched, dev, dist = self.cfg, self.state, self.sched, self.rt.device, self.dist
+        n, d_c = self.global_sched.num_tokens, self.model.cfg.context_dim
         train = k >= 1
         if k == 0:
             st.carry = torch.zeros(sched.num_streams, d_c, device=dev)
         noise = noise_for_pass(self.seed, k, n, d_c, cfg.context_noise_std) if train else None
         noise = noise.to(dev) if noise is not None else None
-        cur = torch.empty(n, d_c, device=dev)
+        cur = torch.zeros(n, d_c, device=dev) if dist.active else torch.empty(n, d_c, device=dev)
         w = cfg.dist_reg_weight
-        sums = {"cvfp": 0.0, "div": 0.0, "total": 0.0, "conv": 0, "mse": 0.0}
+        sums = {"cvfp": 0.0, "div": 0.0, "total": 0.0, "conv": 0.0, "mse": 0.0, "norm": 0.0}
         steps0 = st.steps
         prog = Progress(f"phase1 pass {k}/{cfg.max_iterations - 1}", n)
         t0 = time.perf_counter()
         ranges = batch_ranges(n, cfg.batch_tokens) if train else batch_ranges(n, max(cfg.chunk_tokens, 65536))
         for p0, p1 in ranges:
-            out = scan(self.model.step, sched, p0, p1, st.carry, lambda idx: self.x[idx], noise,
+            l0, l1 = self._local(p0, p1)
+            out = scan(self.model.step, sched, l0, l1, st.carry, lambda idx: self.x[idx], noise,
                        autocast=self.rt.autocast())
-            idx = sched.order[p0:p1]
+            idx = sched.order[l0:l1]
             if not bool(torch.isfinite(out.c_out).all()):
                 raise NumericalError(f"phase1 pass {k}: non-finite contexts (NaN/Inf) at tokens "
                                      f"{p0}-{p1} of the schedule; the last good checkpoint is kept")
             cur[idx] = out.c_out
+            sums["norm"] += float(out.c_out.norm(dim=1).sum())
             if train:
                 prev = st.prev_ctx[idx]
                 mse = ((out.c_out - prev) ** 2).mean(1)
-                sums["conv"] += int((mse < cfg.convergence_threshold).sum())
+                sums["conv"] += float((mse < cfg.convergence_threshold).sum())
                 sums["mse"] += float(mse.sum())
-                self._train_batch(out.c_in, idx, prev, w, sums, k, p0)
-                st.mu = cfg.ema_momentum * st.mu + (1 - cfg.ema_momentum) * out.c_out.mean(0)
+                self._train_batch(out.c_in, idx, prev, w, sums, k, p0, p1 - p0)
+                batch_mean = dist.sum_(out.c_out.sum(0)) / (p1 - p0)
+                st.mu = cfg.ema_momentum * st.mu + (1 - cfg.ema_momentum) * batch_mean
             prog.update(p1 - p0)
+        tot = dict(zip(sums, dist.sum_floats(*sums.values())))
         if k == 0:
             st.untrained_ctx = cur.clone()
-            st.mu = cur.mean(0)
+            st.mu = dist.sum_(cur.sum(0)) / n
         el = time.perf_counter() - t0
         rec = PassRecord(
             pass_index=k,
-            cvfp_loss=sums["cvfp"] / n if train else float("nan"),
-            div_loss=sums["div"] / n if train else float("nan"),
-            total_loss=sums["total"] / n if train else float("nan"),
-            converged_frac=sums["conv"] / n if train else 0.0,
-            mean_diff_mse=sums["mse"] / n if train else float("nan"),
-            mean_context_norm=float(cur.norm(dim=1).mean()),
+            cvfp_loss=tot["cvfp"] / n if train else float("nan"),
+            div_loss=tot["div"] / n if train else float("nan"),
+            total_loss=tot["total"] / n if train else float("nan"),
+            converged_frac=tot["conv"] / n if train else 0.0,
+            mean_diff_mse=tot["mse"] / n if train else float("nan"),
+            mean_context_norm=tot["norm"] / n,
             optimizer_steps=st.steps - steps0, time_s=round(el, 3), tokens_per_s=round(n / el, 1))
         st.prev_ctx = cur
         st.history.append(rec.as_row())
@@ -190,23 +237,31 @@ class Phase1Trainer:
         return rec
 
     def _train_batch(self, c_in: torch.Tensor, idx: torch.Tensor, prev: torch.Tensor, w: float,
-                     sums: dict, k: int, p0: int) -> None:
-        b = idx.numel()
+                     sums: dict, k: int, p0: int, b: int) -> None:
+        """One optimizer step on a batch of ``b`` tokens (all ranks); this rank holds ``idx``."""
         mu = self.state.mu
         self.opt.zero_grad(set_to_none=True)
-        for a, e in chunks(b, self.cfg.chunk_tokens):
-            with self.rt.autocast():
-                c, _ = self.model.step(c_in[a:e], self.x[idx[a:e]])
-            c = c.to(prev.dtype)
-            l_cvfp = ((c - prev[a:e]) ** 2).mean(1)
-            l_div = -(c - mu).norm(dim=1)
-            loss_tok = (1 - w) * l_cvfp + w * l_div
-            loss = loss_tok.sum() / b
-            if not bool(torch.isfinite(loss)):
-                raise NumericalError(f"phase1 pass {k}: non-finite loss at schedule tokens {p0 + a}-{p0 + e} "
-                                     f"(cvfp {float(l_cvfp.sum()):.4g}, div {float(l_div.sum()):.4g}); "
-                                     f"the last good checkpoint is kept")
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        spans = list(chunks(idx.numel(), self.cfg.chunk_tokens)) or [(0, 0)]
+        scale = float(self.dist.world)  # DDP averages gradients over ranks; we want their sum
+        for i, (a, e) in enumerate(spans):
+            last = i == len(spans) - 1
+            fwd = self.ddp if self.ddp is not None else self.step_module
+            sync = contextlib.nullcontext() if (last or self.ddp is None) else self.ddp.no_sync()
+            with sync:
+                with self.rt.autocast():
+                    c, x_out = fwd(c_in[a:e], self.x[idx[a:e]])
+                c = c.to(prev.dtype)
+                l_cvfp = ((c - prev[a:e]) ** 2).mean(1)
+                l_div = -(c - mu).norm(dim=1)
+                loss_tok = (1 - w) * l_cvfp + w * l_div
+                loss = loss_tok.sum() / b
+                if not bool(torch.isfinite(loss)):
+                    raise NumericalError(f"phase1 pass {k}: non-finite loss at schedule tokens {p0 + a}-{p0 + e} "
+                                         f"(cvfp {float(l_cvfp.sum()):.4g}, div {float(l_div.sum()):.4g}); "
+                                         f"the last good checkpoint is kept")
+                if self.ddp is not None:  # every parameter takes part in each synchronised backward
+                    loss = loss * scale + 0.0 * x_out.sum()
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             sums["cvfp"] += float(l_cvfp.detach().sum())
             sums["div"] += float(l_div.detach().sum())
             sums["total"] += float(loss_tok.detach().sum())

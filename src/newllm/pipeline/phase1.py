@@ -11,6 +11,7 @@ import torch
 from .. import paths
 from ..config import Config, ModelConfig
 from ..data.tokens import load_token_set
+from ..dist import init_from_env, shutdown
 from ..engine import Schedule
 from ..errors import CheckpointError
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json, state_dict_digest, torch_load
@@ -20,7 +21,7 @@ from ..resume import ResumeStore, fingerprint
 from ..runtime import Runtime, oom_advice, peak_memory
 
 log = logging.getLogger(__name__)
-SECTIONS = ["model", "phase1", "runtime", "resume"]
+SECTIONS = ["model", "phase1", "runtime", "resume", "dist"]
 
 
 def history_csv(rows: list[dict]) -> str:
@@ -36,6 +37,7 @@ def history_csv(rows: list[dict]) -> str:
 
 def run(cfg: Config) -> dict:
     t_start = time.perf_counter()
+    dist = init_from_env("cuda" if cfg.runtime.device != "cpu" and torch.cuda.is_available() else "cpu")
     rt = Runtime.from_config(cfg.runtime)
     m = cfg.model
     train = load_token_set(paths.TOKENS_TRAIN, m.vocab_size)
@@ -46,7 +48,7 @@ def run(cfg: Config) -> dict:
                                                  if k != "checkpoint_every"},
                      cfg.runtime.precision, cfg.seed, state_dict_digest({"t": train.tokens, "o": train.offsets}))
     store = ResumeStore(cfg.resume, "phase1", fp)
-    trainer = Phase1Trainer(model, train.tokens.to(rt.device), train.offsets, cfg.phase1, rt, cfg.seed)
+    trainer = Phase1Trainer(model, train.tokens.to(rt.device), train.offsets, cfg.phase1, rt, cfg.seed, dist)
     val_sched = Schedule.build(val.offsets, cfg.phase1.stream)
     val_x = embed_all(model, val.tokens, rt.device)
 
@@ -62,10 +64,18 @@ def run(cfg: Config) -> dict:
     def checkpoint(tr: Phase1Trainer) -> None:
         k = tr.state.passes_done
         if k % cfg.phase1.checkpoint_every == 0 or tr.done:
-            store.save({"trainer": tr.state_dict(), "val_untrained": val_untrained.cpu()})
+            state = tr.state_dict()  # collective under data parallelism
+            if dist.main:
+                store.save({"trainer": state, "val_untrained": val_untrained.cpu()})
 
     with oom_advice("phase1_fixed_point", "phase1.batch_tokens"):
-        state = trainer.run(on_pass_end=checkpoint)
+        trainer.run(on_pass_end=checkpoint)
+        final = trainer.state_dict()  # the global view (collective)
+        if not dist.main:
+            shutdown(dist)
+            return {}
+        state = trainer.state
+        state.prev_ctx, state.untrained_ctx = final["prev_ctx"], final["untrained_ctx"]
         passes = state.passes_done
         # validation: theta frozen, no noise, as many passes as training ran, context carried
         val_ctx = frozen_passes(model, val_sched, val_x, passes, rt)
@@ -108,6 +118,7 @@ def run(cfg: Config) -> dict:
     }
     atomic_write_json(paths.PHASE1_METRICS, metrics)
     store.clear()
+    shutdown(dist)
     log.info("phase1 done: %d passes, %d optimizer steps, param change %.4f, %.1fs", passes, state.steps,
              change, train_time)
     return metrics

@@ -1,0 +1,51 @@
+"""Run a few steps of a phase in this process (or under torchrun) and save the result.
+
+Used by tests/test_dist.py: ``python tests/dist_worker.py phase1 OUT`` or under
+``python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py phase1 OUT``.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from newllm.config import ModelConfig, Phase1Config
+from newllm.data.tokens import TokenSet
+from newllm.dist import init_from_env, shutdown
+from newllm.model import build_model
+from newllm.phase1 import Phase1Trainer
+from newllm.runtime import Runtime
+
+TINY = ModelConfig(context_dim=8, embed_dim=6, num_layers=2, vocab_size=50)
+
+
+def tokens() -> TokenSet:
+    g = torch.Generator().manual_seed(0)
+    return TokenSet.from_lists([torch.randint(0, 50, (n,), generator=g).tolist() for n in (9, 7, 7, 4, 3, 1, 6)])
+
+
+def run_phase1(dist) -> dict:
+    ts = tokens()
+    model = build_model(TINY, seed=1)
+    cfg = Phase1Config(max_iterations=3, batch_tokens=10, chunk_tokens=3, min_converged_ratio=1.0)
+    tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), "fp32"), seed=2, dist=dist)
+    grads = []
+    tr.grad_sink = lambda g: grads.append(torch.cat([t.flatten() for t in g]))
+    tr.run()
+    state = tr.state_dict()
+    return {"grads": torch.stack(grads), "layers": state["layers"], "history": state["history"], "prev_ctx": state["prev_ctx"],
+            "carry": state["carry"], "mu": state["mu"], "steps": state["steps"]}
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    phase, out = sys.argv[1], sys.argv[2]
+    dist = init_from_env("cpu")
+    result = {"phase1": run_phase1}[phase](dist)
+    if dist.main:
+        torch.save(result, out)
+    shutdown(dist)
+
+
+if __name__ == "__main__":
+    main()
