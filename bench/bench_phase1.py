@@ -1,0 +1,96 @@
+"""Phase 1 benchmark: per-pass time, tokens/s, achieved GFLOP/s next to this machine's
+measured matmul GFLOP/s at the same shapes, and peak RSS; plus the per-token reference.
+
+    python bench/bench_phase1.py                      # 781 samples (100k tokens), 768/6, fp32 and bf16
+    python bench/bench_phase1.py --samples 50 --passes 2 --precision bf16
+
+FLOPs of one pass (D = d_c + d_e, L layers, N tokens; matmuls only):
+  pass 0 (scan only):          2 N D^2 L
+  training pass: scan 2 N D^2 L + batched forward 2 N D^2 L + backward 4 N D^2 L = 8 N D^2 L
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import chat_tokens, matmul_gflops, median  # noqa: E402
+
+from newllm.config import ModelConfig, Phase1Config  # noqa: E402
+from newllm.model import build_model  # noqa: E402
+from newllm.phase1 import Phase1Trainer  # noqa: E402
+from newllm.reference import phase1_reference  # noqa: E402
+from newllm.runtime import Runtime, peak_rss_mb  # noqa: E402
+
+
+def bench_batched(train, mcfg: ModelConfig, precision: str, passes: int, batch_tokens: int) -> dict:
+    model = build_model(mcfg, seed=0)
+    cfg = Phase1Config(max_iterations=passes + 1, batch_tokens=batch_tokens, min_converged_ratio=1.0)
+    tr = Phase1Trainer(model, train.tokens, train.offsets, cfg, Runtime(torch.device("cpu"), precision), seed=0)
+    times = []
+    for k in range(passes + 1):
+        t = time.perf_counter()
+        tr.run_pass(k)
+        times.append(time.perf_counter() - t)
+    n = train.num_tokens
+    d = mcfg.context_dim + mcfg.embed_dim
+    flops_train = 8 * n * d * d * mcfg.num_layers
+    t_train = median(times[1:])
+    return {"pass0_s": times[0], "train_pass_s": t_train, "tokens_per_s": n / t_train,
+            "gflops": flops_train / t_train / 1e9, "steps_per_pass": tr.state.steps / passes,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def bench_reference(train, mcfg: ModelConfig, n_tokens: int) -> float:
+    # the first samples holding about n_tokens tokens
+    s = int((train.offsets <= n_tokens).sum()) - 1
+    tokens, offsets = train.tokens[: int(train.offsets[s])], train.offsets[: s + 1]
+    model = build_model(mcfg, seed=0)
+    cfg = Phase1Config(max_iterations=2, batch_tokens=1024, min_converged_ratio=1.0)
+    t = time.perf_counter()
+    phase1_reference(model, tokens, offsets, cfg, seed=0)
+    el = time.perf_counter() - t
+    return 2 * tokens.numel() / el  # two passes (0 and 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=781)
+    ap.add_argument("--passes", type=int, default=2, help="training passes timed (after pass 0)")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
+    ap.add_argument("--batch-tokens", type=int, default=Phase1Config().batch_tokens)
+    ap.add_argument("--context-dim", type=int, default=768)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--reference-tokens", type=int, default=1000)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    mcfg = ModelConfig(context_dim=args.context_dim, embed_dim=args.context_dim, num_layers=args.layers)
+    train, _ = chat_tokens(args.samples)
+    d = mcfg.context_dim + mcfg.embed_dim
+    print(f"Phase 1 benchmark: {train.num_tokens} tokens in {train.num_samples} streams, model "
+          f"{mcfg.context_dim}/{mcfg.embed_dim}/{mcfg.num_layers}, batch_tokens {args.batch_tokens}, "
+          f"{torch.get_num_threads()} threads")
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    results = {}
+    for prec in precisions:
+        peak = matmul_gflops(min(args.batch_tokens or 1024, 4096), d, d, prec)
+        r = bench_batched(train, mcfg, prec, args.passes, args.batch_tokens)
+        results[prec] = r
+        print(f"[{prec}] pass 0 (scan only) {r['pass0_s']:.1f}s | training pass (median of {args.passes}) "
+              f"{r['train_pass_s']:.1f}s, {r['tokens_per_s']:,.0f} tok/s, {r['steps_per_pass']:.0f} steps/pass | "
+              f"{r['gflops']:.0f} GFLOP/s achieved vs {peak:.0f} GFLOP/s matmul peak "
+              f"({args.batch_tokens}x{d}x{d}) | peak RSS {r['peak_rss_mb']:.0f} MB")
+    if args.reference_tokens:
+        ref = bench_reference(train, mcfg, args.reference_tokens)
+        print(f"[reference fp32] per-token loop on ~{args.reference_tokens} tokens: {ref:,.1f} tok/s")
+        for prec, r in results.items():
+            print(f"  batched {prec} / reference = {r['tokens_per_s'] / ref:,.0f}x")
+
+
+if __name__ == "__main__":
+    main()

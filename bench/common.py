@@ -1,0 +1,53 @@
+"""Shared helpers for the benchmark scripts: data, matmul peak, FLOP counts, medians."""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAT_SAMPLE = ROOT.parent / "shared" / "data" / "chat_sample.jsonl"
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def matmul_gflops(m: int, k: int, n: int, precision: str = "fp32", repeats: int = 5) -> float:
+    """This machine's measured GFLOP/s for (m x k) @ (k x n), median of ``repeats``."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    a = torch.randn(m, k).to(dtype)
+    b = torch.randn(k, n).to(dtype)
+    a @ b  # warm up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * m * k * n / median(times) / 1e9
+
+
+def chat_tokens(num_samples: int, val_fraction: float = 0.2, max_seq_length: int = 128):
+    """Train/val TokenSets from ../shared/data/chat_sample.jsonl through the pipeline's own code
+    (jsonl source, offline GPT-2 tokenizer); random ids when the file is absent."""
+    from newllm.config import DataConfig
+    from newllm.data.fetch import fetch_local
+    from newllm.data.tokenize import build_tokenizer, conversation_text, tokenize_texts
+    from newllm.data.tokens import TokenSet
+
+    if not CHAT_SAMPLE.exists():
+        print(f"note: {CHAT_SAMPLE} absent; using random token ids")
+        g = torch.Generator().manual_seed(0)
+        n_val = max(1, round(val_fraction * num_samples))
+        mk = lambda n: TokenSet.from_lists([torch.randint(0, 50257, (max_seq_length,), generator=g).tolist()  # noqa: E731
+                                            for _ in range(n)])
+        return mk(num_samples), mk(n_val)
+    cfg = DataConfig(source="jsonl", path=str(CHAT_SAMPLE), num_samples=num_samples, val_fraction=val_fraction,
+                     max_seq_length=max_seq_length)
+    raw = fetch_local(cfg)
+    tok = build_tokenizer("gpt2-offline")
+    train, _ = tokenize_texts(tok, [conversation_text(r) for r in raw.train], max_seq_length)
+    val, _ = tokenize_texts(tok, [conversation_text(r) for r in raw.val], max_seq_length)
+    return train, val
