@@ -1,0 +1,25 @@
+"""Stage report: the self-contained HTML report of the run (see newllm.report)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .. import paths
+from ..config import Config
+from ..io import atomic_write_text
+from ..report import build_report
+
+log = logging.getLogger(__name__)
+SECTIONS = ["report"]
+
+
+def run(cfg: Config, root: Path | str = ".") -> Path:
+    """Write ``reports/report.html`` (atomically) under ``root`` and print its absolute path."""
+    root = Path(root)
+    text = build_report(root, cfg.report, cfg.seed)
+    out = root / paths.REPORT
+    atomic_write_text(out, text)
+    out = out.resolve()
+    log.info("report written: %s (%d bytes)", out, len(text.encode("utf-8")))
+    print(out, flush=True)
+    return out
