@@ -182,8 +182,8 @@ def test_good_run_key_figures(tmp_path):
     assert 'class="banner ok"' in html and 'class="banner bad"' not in html
     assert "PASSED" in txt
     # criteria table
-    for figure in ("88.12%", "79.46%", "0.000421", "90.10%", "91.88%", "94.06%", "82.30%", "≥ 85%",
-                   "≥ 75%", "≤ 0.001", "0.0731"):
+    for figure in ("88.12%", "79.46%", "0.000421", "90.10%", "91.88%", "94.06%", "82.30%", "&gt; 85%",
+                   "&gt; 75%", "&lt; 0.001", "0.0731"):
         assert figure in txt, figure
     crit = html[html.index('id="criteria"'):html.index('id="passes"')]
     assert crit.count('<td class="pass">PASS</td>') == 3 and "FAIL" not in crit

@@ -550,11 +550,11 @@ def criteria_body(inp: Inputs) -> str:
     refs_val = f"untrained θ₀ {fmt_pct(get(v, 'val.er_pct_untrained'))}"
     conv_n = v.get("convergence_passes")
     rows = [
-        ["train ER", f"≥ {fmt(t_min)}%", er_txt(t_er, get(v, "train.er")), pass_fail(ok_t), refs_train,
+        ["train ER", f"> {fmt(t_min)}%", er_txt(t_er, get(v, "train.er")), pass_fail(ok_t), refs_train,
          fmt_range(*SEED_PHASE1["train_er_pct"], "%")],
-        ["validation ER", f"≥ {fmt(v_min)}%", er_txt(v_er, get(v, "val.er")), pass_fail(ok_v), refs_val,
+        ["validation ER", f"> {fmt(v_min)}%", er_txt(v_er, get(v, "val.er")), pass_fail(ok_v), refs_val,
          fmt_range(*SEED_PHASE1["val_er_pct"], "%")],
-        ["final_diff", f"≤ {fmt(fd_max)}",
+        ["final_diff", f"< {fmt(fd_max)}",
          fmt(fd, 3) + (" (trivial: the contexts collapsed)" if ok_f and v.get("collapsed") else ""),
          pass_fail(ok_f),
          f"mean ‖c^j − c^(j−1)‖ after {fmt(conv_n)} frozen passes; original code: 33.6", "—"],
@@ -697,7 +697,7 @@ def convergence_body(inp: Inputs) -> str:
         ax.plot(zx, [floor] * len(zx), "v", color="#c0392b", markersize=9,
                 label=f"exactly 0 (drawn at {floor:.0e})")
     if thr is not None:
-        _hline(ax, thr, f"criterion final_diff ≤ {thr:g}", "#c0392b")
+        _hline(ax, thr, f"criterion final_diff < {thr:g}", "#c0392b")
     ax.set_yscale("log")
     ax.set_xlabel("frozen pass j", fontsize=9)
     ax.set_ylabel("diff", fontsize=9)
