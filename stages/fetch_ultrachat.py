@@ -1,11 +1,13 @@
 """Stage fetch_ultrachat: conversations (train, validation) into data/raw/."""
 from newllm.cli import run_stage
-from newllm.config import load
-from newllm.data import fetch
+from newllm.config import STAGE_SECTIONS, load
 
 
 def main(args):
-    fetch.run(load(args.params, sections=["data"]))
+    cfg = load(args.params, sections=STAGE_SECTIONS["fetch_ultrachat"])  # before the heavy imports
+    from newllm.data import fetch
+
+    fetch.run(cfg)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """DVC stage phase1_fixed_point: Phase 1 fixed-point training (see newllm.pipeline.phase1)."""
 from newllm.cli import run_stage
-from newllm.config import load
-from newllm.dist import relaunch_under_torchrun
-from newllm.pipeline import phase1
+from newllm.config import STAGE_SECTIONS, load
 
 
 def main(args):
-    cfg = load(args.params, sections=phase1.SECTIONS)
+    cfg = load(args.params, sections=STAGE_SECTIONS["phase1_fixed_point"])  # before torch is imported
+    from newllm.dist import relaunch_under_torchrun
+    from newllm.pipeline import phase1
+    from newllm.runtime import check_device
+
+    check_device(cfg.runtime)  # before torchrun starts dist.nproc processes that would all fail
     relaunch_under_torchrun(cfg.dist.nproc)
     phase1.run(cfg)
 

@@ -1,11 +1,13 @@
 """Stage tokenize_cache: GPT-2 token caches, the tokenizer and metrics/data.json."""
 from newllm.cli import run_stage
-from newllm.config import load
-from newllm.data import tokenize
+from newllm.config import STAGE_SECTIONS, load
 
 
 def main(args):
-    tokenize.run(load(args.params, sections=["data"]))
+    cfg = load(args.params, sections=STAGE_SECTIONS["tokenize_cache"])  # before the heavy imports
+    from newllm.data import tokenize
+
+    tokenize.run(cfg)
 
 
 if __name__ == "__main__":

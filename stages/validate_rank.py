@@ -1,11 +1,13 @@
 """DVC stage validate_rank: effective rank, convergence check and verdict (see newllm.pipeline.validate)."""
 from newllm.cli import run_stage
-from newllm.config import load
-from newllm.pipeline import validate
+from newllm.config import STAGE_SECTIONS, load
 
 
 def main(args):
-    validate.run(load(args.params, sections=validate.SECTIONS))
+    cfg = load(args.params, sections=STAGE_SECTIONS["validate_rank"])  # before torch is imported
+    from newllm.pipeline import validate
+
+    validate.run(cfg)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,12 @@ def run_stage(main: Callable[[argparse.Namespace], None], description: str) -> N
     except NewLLMError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # disk full, permission denied, ...: the file and the reason, not a traceback
+        logging.getLogger(__name__).debug("traceback", exc_info=True)  # NEWLLM_LOG=DEBUG shows it
+        print(f"error: {e}. Outputs written before this point are complete files (writes are atomic); "
+              f"fix the cause and re-run `dvc repro` (training resumes from its rolling checkpoint)",
+              file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: the last rolling checkpoint is kept; re-run `dvc repro` to resume",
               file=sys.stderr)

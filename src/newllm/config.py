@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -29,11 +30,23 @@ def _is_num(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
+def _numeric_string_hint(v: Any) -> str:
+    """YAML 1.1 (PyYAML) reads ``1e-3`` as a string: say how to write it as a number."""
+    if isinstance(v, str):
+        try:
+            float(v)
+        except ValueError:
+            return ""
+        return (f" (YAML read {v!r} as a string; write a number without quotes and with a "
+                f"decimal point, e.g. 1.0e-3)")
+    return ""
+
+
 def integer(lo: int | None = None, hi: int | None = None) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         rng = f"an integer{f' >= {lo}' if lo is not None else ''}{f' and <= {hi}' if hi is not None else ''}"
         if not _is_int(v):
-            return rng
+            return rng + _numeric_string_hint(v)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             return rng
         return None
@@ -48,7 +61,7 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
         hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
         desc = f"a finite number{lo_s}{' and' if lo_s and hi_s else ''}{hi_s}"
         if not _is_num(v):
-            return desc
+            return desc + _numeric_string_hint(v)
         if lo is not None and (v <= lo if lo_open else v < lo):
             return desc
         if hi is not None and (v >= hi if hi_open else v > hi):
@@ -203,6 +216,19 @@ class RuntimeConfig:
         pass
 
 
+# Directories `dvc repro` deletes before it re-runs the stage that writes them (dvc.yaml
+# outs): a rolling checkpoint kept there would be lost exactly when it is needed.
+DVC_OUTPUT_DIRS = ("data/raw", "data/tokens", "data/tokenizer", "data/contexts")
+
+
+def _inside(path: str, parent: str) -> bool:
+    """Whether ``path`` is ``parent`` or below it; relative paths are relative to the repo
+    root, the working directory of every stage."""
+    p = os.path.normpath(os.path.join(os.getcwd(), os.path.expanduser(path)))
+    q = os.path.normpath(os.path.join(os.getcwd(), parent))
+    return p == q or p.startswith(q + os.sep)
+
+
 @dataclass(frozen=True)
 class ResumeConfig:
     enabled: bool = F(True, boolean, "keep and use rolling checkpoints")
@@ -210,7 +236,15 @@ class ResumeConfig:
     mirror_dir: str = F("", string(), "optional copy of the rolling checkpoints, e.g. on Google Drive")
 
     def validate(self) -> None:
-        pass
+        for key, value in (("resume.dir", self.dir), ("resume.mirror_dir", self.mirror_dir)):
+            bad = next((d for d in DVC_OUTPUT_DIRS if value and _inside(value, d)), None)
+            if bad:
+                raise ConfigError(key, value, f"a directory outside the DVC outputs ({bad}/ is deleted "
+                                              f"by `dvc repro` before its stage re-runs), e.g. 'resume'")
+        if self.mirror_dir and (Path(self.mirror_dir).expanduser().resolve()
+                                == Path(self.dir).expanduser().resolve()):
+            raise ConfigError("resume.mirror_dir", self.mirror_dir,
+                              "'' (no mirror) or a directory other than resume.dir")
 
 
 @dataclass(frozen=True)
@@ -291,13 +325,30 @@ def _build_section(name: str, raw: Any) -> Any:
     return obj
 
 
+TOP_LEVEL_KEYS = ("seed", *SECTIONS)
+
+# The sections a stage validates before it imports torch or reads any input (its
+# pipeline module's SECTIONS; dvc.yaml lists those that change its results).
+STAGE_SECTIONS: dict[str, list[str]] = {
+    "fetch_ultrachat": ["data"],
+    "tokenize_cache": ["data"],
+    "phase1_fixed_point": ["model", "phase1", "runtime", "resume", "dist"],
+    "validate_rank": ["validate", "runtime"],
+}
+
+
 def from_dict(raw: Any, sections: list[str] | None = None) -> Config:
     """Build and validate a Config. Only ``sections`` (default: all) are checked; the
-    others keep their defaults, so a stage never fails on another stage's section."""
+    others keep their defaults, so a stage never fails on another stage's section.
+    Unknown top-level keys (a misspelt section) are refused by every stage."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml", type(raw).__name__, "a YAML mapping of sections")
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(str(key), raw[key], "a known top-level key; unknown key (typo?). "
+                                                  "Allowed keys: " + ", ".join(TOP_LEVEL_KEYS))
     wanted = list(SECTIONS) if sections is None else list(sections)
     for name in wanted:
         if name not in SECTIONS:
@@ -316,6 +367,31 @@ def _cross_checks(cfg: Config, wanted: list[str]) -> None:
     if "model" in wanted and cfg.model.pretrained_embeddings and cfg.model.embed_dim != 768:
         raise ConfigError("model.embed_dim", cfg.model.embed_dim,
                           "768 when model.pretrained_embeddings is true (GPT-2 wte is 768-wide)")
+    if "model" in wanted and cfg.model.pretrained_embeddings and cfg.model.vocab_size != 50257:
+        raise ConfigError("model.vocab_size", cfg.model.vocab_size,
+                          "50257 when model.pretrained_embeddings is true (GPT-2 wte has 50257 rows)")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a params file must not."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+        except TypeError:  # unhashable key: let the default constructor report it
+            break
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 def load(path: str | Path = "params.yaml", sections: list[str] | None = None) -> Config:
@@ -323,9 +399,11 @@ def load(path: str | Path = "params.yaml", sections: list[str] | None = None) ->
     if not path.exists():
         raise ConfigError(str(path), "missing", "an existing params.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe)
     except yaml.YAMLError as e:
         raise ConfigError(str(path), "unparsable YAML", f"valid YAML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), "not UTF-8", f"a UTF-8 text file ({e})") from None
     return from_dict(raw, sections)
 
 

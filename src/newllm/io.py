@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,31 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | Path, write) -> None:
+    """``write(f)`` fills a temp file ``.<name>.<random>.tmp`` next to ``path``, which replaces
+    ``path`` only once complete and fsynced: a reader (or a kill -9) never sees a partial file,
+    and no reader opens the temp names."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give outputs the usual mode
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,6 +52,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_copy_file(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (e.g. a rolling checkpoint to a Drive mirror)."""
+    with open(src, "rb") as s:
+        _atomic_write(dst, lambda f: shutil.copyfileobj(s, f, 1 << 20))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -141,6 +141,8 @@ def load_pretrained_wte(name: str, vocab_size: int, embed_dim: int) -> torch.Ten
 
 def load_model_state(model: CVFPModel, state: dict, what: str) -> None:
     """Load weights, turning any shape/key mismatch into a CheckpointError."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{what} holds no state dict of tensors; re-run the stage that writes it")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -153,4 +155,8 @@ def load_model_state(model: CVFPModel, state: dict, what: str) -> None:
             f"shape mismatch {wrong[:3]}" if wrong else ""]))
         raise CheckpointError(f"{what} does not fit the configured model ({detail}): it was made with "
                               f"another model size or vocabulary; re-run the stage that writes it")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{what} holds NaN/Inf weights ({', '.join(bad[:3])}): the run that wrote it "
+                              f"diverged or the file is damaged; re-run the stage that writes it")
     model.load_state_dict(state)

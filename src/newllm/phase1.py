@@ -200,9 +200,13 @@ class Phase1Trainer:
             idx = sched.order[l0:l1]
             if not bool(torch.isfinite(out.c_out).all()):
                 raise NumericalError(f"phase1 pass {k}: non-finite contexts (NaN/Inf) at tokens "
-                                     f"{p0}-{p1} of the schedule; the last good checkpoint is kept")
+                                     f"{p0}-{p1} of the schedule")
             cur[idx] = out.c_out
-            sums["norm"] += float(out.c_out.norm(dim=1).sum())
+            norm_sum = float(out.c_out.norm(dim=1).sum())
+            if not math.isfinite(norm_sum):
+                raise NumericalError(f"phase1 pass {k}: the context norm overflows (sum of |c| = "
+                                     f"{norm_sum}) at tokens {p0}-{p1} of the schedule")
+            sums["norm"] += norm_sum
             if train:
                 prev = st.prev_ctx[idx]
                 mse = ((out.c_out - prev) ** 2).mean(1)
@@ -257,8 +261,8 @@ class Phase1Trainer:
                 loss = loss_tok.sum() / b
                 if not bool(torch.isfinite(loss)):
                     raise NumericalError(f"phase1 pass {k}: non-finite loss at schedule tokens {p0 + a}-{p0 + e} "
-                                         f"(cvfp {float(l_cvfp.sum()):.4g}, div {float(l_div.sum()):.4g}); "
-                                         f"the last good checkpoint is kept")
+                                         f"(cvfp {float(l_cvfp.detach().sum()):.4g}, "
+                                         f"div {float(l_div.detach().sum()):.4g})")
                 if self.ddp is not None:  # every parameter takes part in each synchronised backward
                     loss = loss * scale + 0.0 * x_out.sum()
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -270,7 +274,10 @@ class Phase1Trainer:
         if self.grad_sink is not None:
             self.grad_sink([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
                             for p in self.params])
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.gradient_clip)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.gradient_clip))
+        if self.scaler is None and not math.isfinite(grad_norm):  # (fp16: the scaler skips such steps)
+            raise NumericalError(f"phase1 pass {k}: non-finite gradient norm ({grad_norm}) at schedule "
+                                 f"tokens {p0}-{p0 + b}; the step was not taken")
         if self.scaler:
             self.scaler.step(self.opt)
             self.scaler.update()

@@ -11,18 +11,36 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
+
+import torch
 
 from .config import ResumeConfig
 from .errors import CheckpointError
-from .io import atomic_torch_save, torch_load
+from .io import atomic_copy_file, atomic_torch_save, torch_load
 
 log = logging.getLogger(__name__)
 
 
 def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def first_non_finite(obj: object, where: str = "") -> str | None:
+    """The key path of the first floating-point tensor holding NaN/Inf, or None."""
+    if isinstance(obj, torch.Tensor):
+        return where or "value" if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = first_non_finite(v, f"{where}.{k}" if where else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 class ResumeStore:
@@ -49,6 +67,11 @@ class ResumeStore:
                             "(fingerprint %s, this run %s); starting from scratch", path,
                             state.get("fingerprint") if isinstance(state, dict) else "?", self.fp)
                 continue
+            bad = first_non_finite(state)
+            if bad is not None:
+                log.warning("ignoring resume checkpoint %s: %s holds NaN/Inf values (a numerical "
+                            "fault or a damaged file); starting from scratch", path, bad)
+                continue
             log.info("resuming from %s", path)
             return state
         return None
@@ -60,10 +83,7 @@ class ResumeStore:
         atomic_torch_save(state, self.paths[0])
         for mirror in self.paths[1:]:
             try:
-                mirror.parent.mkdir(parents=True, exist_ok=True)
-                tmp = mirror.with_name(mirror.name + ".tmp")
-                shutil.copyfile(self.paths[0], tmp)
-                tmp.replace(mirror)
+                atomic_copy_file(self.paths[0], mirror)
             except OSError as e:  # a slow or unmounted Drive must not kill training
                 log.warning("could not mirror resume checkpoint to %s: %s", mirror, e)
 

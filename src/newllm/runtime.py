@@ -25,11 +25,9 @@ class Runtime:
 
     @classmethod
     def from_config(cls, cfg: RuntimeConfig) -> "Runtime":
+        check_device(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise NewLLMError("runtime.device = 'cuda' but no CUDA GPU is visible to torch; "
-                              "use runtime.device: auto or cpu")
         name = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
         rt = cls(torch.device(name), cfg.precision)
         log.info("device %s%s, precision %s, %d CPU threads", name,
@@ -47,6 +45,13 @@ class Runtime:
         if self.precision != "fp16":
             return None
         return torch.amp.GradScaler(self.device.type)
+
+
+def check_device(cfg: RuntimeConfig) -> None:
+    """Stop at stage start when the asked-for device is not there."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise NewLLMError("runtime.device = 'cuda' but no CUDA GPU is visible to torch; "
+                          "use runtime.device: auto or cpu")
 
 
 def peak_rss_mb() -> float:

@@ -9,19 +9,19 @@ import time
 import torch
 
 from .. import paths
-from ..config import Config, ModelConfig
+from ..config import STAGE_SECTIONS, Config, ModelConfig, from_dict
 from ..data.tokens import load_token_set
 from ..dist import init_from_env, shutdown
 from ..engine import Schedule
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError, NumericalError
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json, state_dict_digest, torch_load
 from ..model import build_model, load_model_state
 from ..phase1 import Phase1Trainer, embed_all, frozen_passes, relative_change
-from ..resume import ResumeStore, fingerprint
+from ..resume import ResumeStore, fingerprint, first_non_finite
 from ..runtime import Runtime, oom_advice, peak_memory
 
 log = logging.getLogger(__name__)
-SECTIONS = ["model", "phase1", "runtime", "resume", "dist"]
+SECTIONS = STAGE_SECTIONS["phase1_fixed_point"]
 
 
 def history_csv(rows: list[dict]) -> str:
@@ -54,12 +54,23 @@ def run(cfg: Config) -> dict:
 
     resumed = store.load()
     if resumed is not None:
-        trainer.load_state_dict(resumed["trainer"])
-        val_untrained = resumed["val_untrained"].to(rt.device)
-        log.info("resumed phase1 after pass %d (%d optimizer steps)", trainer.state.passes_done - 1,
-                 trainer.state.steps)
-    else:
+        try:
+            trainer.load_state_dict(resumed["trainer"])
+            val_untrained = resumed["val_untrained"].to(rt.device)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+            # same params and data, but a layout this code does not read (another version)
+            log.warning("ignoring resume checkpoint %s: unreadable state (%s: %s); starting from scratch",
+                        store.paths[0], type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            resumed = None
+            model = build_model(m, cfg.seed).to(rt.device)
+            trainer = Phase1Trainer(model, train.tokens.to(rt.device), train.offsets, cfg.phase1, rt,
+                                    cfg.seed, dist)
+        else:
+            log.info("resumed phase1 after pass %d (%d optimizer steps)", trainer.state.passes_done - 1,
+                     trainer.state.steps)
+    if resumed is None:
         val_untrained = frozen_passes(model, val_sched, val_x, 1, rt)
+    saved = {"pass": trainer.state.passes_done - 1 if resumed is not None else None}
 
     def checkpoint(tr: Phase1Trainer) -> None:
         k = tr.state.passes_done
@@ -67,9 +78,15 @@ def run(cfg: Config) -> dict:
             state = tr.state_dict()  # collective under data parallelism
             if dist.main:
                 store.save({"trainer": state, "val_untrained": val_untrained.cpu()})
+                saved["pass"] = k - 1
 
     with oom_advice("phase1_fixed_point", "phase1.batch_tokens"):
-        trainer.run(on_pass_end=checkpoint)
+        try:
+            trainer.run(on_pass_end=checkpoint)
+        except NumericalError as e:
+            raise NumericalError(f"{e}. {_kept(store, saved['pass'])} Try a lower phase1.learning_rate, "
+                                 f"model.layernorm_mix: 1.0 (LayerNorm bounds the contexts) or "
+                                 f"runtime.precision: fp32.") from None
         final = trainer.state_dict()  # the global view (collective)
         if not dist.main:
             shutdown(dist)
@@ -82,6 +99,11 @@ def run(cfg: Config) -> dict:
     train_time = time.perf_counter() - t_start
 
     model_state = {k: v.cpu() for k, v in model.state_dict().items()}
+    bad = first_non_finite({"model weights": model_state, "training contexts": state.prev_ctx,
+                            "validation contexts": val_ctx, "context EMA mu": state.mu})
+    if bad is not None:
+        raise NumericalError(f"phase1: NaN/Inf in the {bad} after {passes} passes. "
+                             f"{_kept(store, saved['pass'])} Try a lower phase1.learning_rate.")
     change = relative_change(theta0, model.layer_state())
     atomic_torch_save({"model_state_dict": model_state, "optimizer_state_dict": trainer.opt.state_dict(),
                        "mu": state.mu.cpu(), "passes": passes, "format": 1}, paths.PHASE1_CKPT)
@@ -124,15 +146,33 @@ def run(cfg: Config) -> dict:
     return metrics
 
 
+def _kept(store: ResumeStore, last_pass: int | None) -> str:
+    """What a failed run leaves behind, for its error message."""
+    if not store.enabled:
+        rolling = "No rolling checkpoint is kept (resume.enabled is false)."
+    elif last_pass is None:
+        rolling = "No rolling checkpoint was written (the fault came before the first completed pass)."
+    else:
+        rolling = (f"The rolling checkpoint {store.paths[0]} (after pass {last_pass}) is kept: a re-run "
+                   f"with the same params resumes from it, other params start afresh.")
+    return (f"Nothing was written: {paths.PHASE1_CKPT}, {paths.CONTEXTS_TRAIN.parent}/ and "
+            f"{paths.PHASE1_METRICS} keep the previous run's files. {rolling}")
+
+
 def load_checkpoint(rt: Runtime) -> tuple[torch.nn.Module, dict]:
     """The Phase 1 model, rebuilt from its sidecar's config; mismatches are clear errors."""
     side = read_json(paths.PHASE1_SIDECAR, "phase1 sidecar")
     try:
-        mcfg = ModelConfig(**side["config"]["model"])
-        seed = int(side["config"]["seed"])
+        checked = from_dict({"seed": side["config"]["seed"], "model": side["config"]["model"],
+                             "phase1": side["config"]["phase1"]}, sections=["model", "phase1"])
+        mcfg, seed = checked.model, checked.seed
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"phase1 sidecar {paths.PHASE1_SIDECAR} lacks the model config ({e}); "
                               f"re-run `dvc repro phase1_fixed_point`") from None
+    except ConfigError as e:
+        raise CheckpointError(f"phase1 sidecar {paths.PHASE1_SIDECAR} holds an invalid config ({e.key} = "
+                              f"{e.value!r}, expected {e.allowed}); it was not written by this version "
+                              f"or was edited: re-run `dvc repro phase1_fixed_point`") from None
     ckpt = torch_load(paths.PHASE1_CKPT, "phase1 checkpoint")
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
         raise CheckpointError(f"phase1 checkpoint {paths.PHASE1_CKPT} has no model_state_dict; "

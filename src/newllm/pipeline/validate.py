@@ -28,6 +28,9 @@ def load_contexts(path, n_tokens: int, d_c: int) -> dict:
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n_tokens, d_c):
             raise CheckpointError(f"contexts file {path} does not match the token cache ({key}: expected "
                                   f"({n_tokens}, {d_c})); re-run `dvc repro phase1_fixed_point`")
+        if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"contexts file {path} holds NaN/Inf or non-float values ({key}); "
+                                  f"the file is damaged: re-run `dvc repro phase1_fixed_point`")
     return obj
 
 
