@@ -85,3 +85,53 @@ def phase1_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
         if train and conv / n >= cfg.min_converged_ratio:
             break
     return {"contexts": contexts, "steps": steps, "mu": mu}
+
+
+def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tensor, cfg, stream: str,
+                     embeddings_frozen: bool, grad_sink=None) -> dict:
+    """Phase 2 token by token (``newllm.phase2`` semantics): each token's forward with
+    ``c_{-1} = 0`` per stream and the context carried detached, its own CE divided by the
+    number of targets of its batch and its own backward; an optimizer step at every batch
+    boundary that holds a target. Returns the per-epoch train losses and the step count."""
+    from torch.nn import functional as Fn
+
+    from .phase2 import next_token_targets, trainable_parameters
+
+    order = token_order(offsets.tolist(), stream)
+    tokens = tokens.long()
+    n, d_c = tokens.numel(), model.cfg.context_dim
+    tgt = next_token_targets(tokens, offsets, stream)
+    params = trainable_parameters(model, cfg.freeze_context, embeddings_frozen)
+    train_embed = not (cfg.freeze_context or embeddings_frozen)
+    opt = torch.optim.Adam(params, lr=cfg.learning_rate)
+    n_streams = max(j for _, j, _ in order) + 1
+    b_size = n if (cfg.batch_tokens <= 0 or cfg.batch_tokens >= n) else cfg.batch_tokens
+    has = [int(tgt[i]) >= 0 for i, _, _ in order]
+    total_targets = sum(has)
+    losses, steps = [], 0
+    for _ in range(cfg.epochs):
+        carry = [torch.zeros(d_c) for _ in range(n_streams)]
+        ce_sum = 0.0
+        opt.zero_grad(set_to_none=True)
+        for pos, (i, j, t) in enumerate(order):
+            b0 = (pos // b_size) * b_size
+            b1 = min(b0 + b_size, n)
+            n_targets = sum(has[b0:b1])
+            x = model.embed_tokens(tokens[i:i + 1])
+            if not train_embed:
+                x = x.detach()
+            c, x2 = model.step(carry[j].unsqueeze(0), x)
+            carry[j] = c[0].detach()
+            if has[pos]:
+                ce = Fn.cross_entropy(model.logits(c, x2), tgt[i:i + 1], reduction="sum")
+                (ce / n_targets).backward()
+                ce_sum += float(ce.detach())
+            if pos + 1 == b1 and n_targets > 0:
+                if grad_sink is not None:
+                    grad_sink([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params])
+                torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                steps += 1
+        losses.append(ce_sum / max(total_targets, 1))
+    return {"train_loss": losses, "steps": steps}

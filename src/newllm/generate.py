@@ -1,0 +1,138 @@
+"""Text generation from a Phase 2 checkpoint (``models/model_latest.pt`` shape).
+
+The prompt's tokens are fed one by one from ``c = 0``, carrying the context exactly as
+in training; then each new token is the greedy argmax (``temperature == 0``) or a sample
+of ``softmax(logits / temperature)`` (optionally restricted to the ``top_k`` largest
+logits) drawn with a ``torch.Generator`` seeded by ``seed``, and is fed back in.
+
+CLI::
+
+    python -m newllm.generate --checkpoint models/model_latest.pt --tokenizer data/tokenizer \\
+        --prompt "Hello, how are you?" [--max-new-tokens 30 --temperature 0.8 --top-k 40 --seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .errors import CheckpointError, DataError, NewLLMError
+from .io import torch_load
+from .model import CVFPModel, load_model_state
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+def load_for_generation(checkpoint_path, device="cpu") -> CVFPModel:
+    """Rebuild the model a ``model_latest``-shaped checkpoint describes and load its weights."""
+    path = Path(checkpoint_path)
+    ckpt = torch_load(path, "model checkpoint")
+    hint = "it is not a phase2_lm checkpoint (model_latest.pt / phase2_best.pt); re-run `dvc repro phase2_lm`"
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_state_dict"), dict) \
+            or not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"model checkpoint {path} has no model_state_dict/config: {hint}")
+    conf = ckpt["config"]
+    try:
+        mcfg = ModelConfig(**{**conf["model"], "pretrained_embeddings": False})
+        head_from = (conf.get("phase2") or {}).get("predict_from", "token")
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"model checkpoint {path} has an unusable model config ({e}): {hint}") from None
+    if head_from not in ("token", "context"):
+        raise CheckpointError(f"model checkpoint {path}: unknown phase2.predict_from {head_from!r}: {hint}")
+    model = CVFPModel(mcfg, head_from)
+    load_model_state(model, ckpt["model_state_dict"], f"model checkpoint {path}")
+    model.requires_grad_(False)
+    return model.to(device).eval()
+
+
+def _encode(tokenizer, prompt: str, vocab_size: int) -> list[int]:
+    ids = list(tokenizer.encode(prompt, add_special_tokens=False).ids) if prompt else []
+    if not ids:
+        eot = tokenizer.token_to_id(END_OF_TEXT)
+        if eot is None:
+            raise DataError("empty prompt and the tokenizer has no <|endoftext|> token to start from")
+        ids = [eot]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise DataError(f"the prompt's token ids {bad[:5]} are outside the model's vocabulary "
+                        f"[0, {vocab_size}): tokenizer and checkpoint do not belong together")
+    return ids
+
+
+@torch.no_grad()
+def generate(model: CVFPModel, tokenizer, prompt: str, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int = 0, seed: int = 0) -> str:
+    """The continuation text (without the prompt) of ``max_new_tokens`` tokens."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    w = model.head.weight
+    dev = w.device
+    ids = _encode(tokenizer, prompt, model.cfg.vocab_size)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    c = torch.zeros(1, model.cfg.context_dim, dtype=w.dtype, device=dev)
+    for tok in ids[:-1]:
+        c, _ = model.step(c, model.embed_tokens(torch.tensor([tok], device=dev)))
+    last = ids[-1]
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        c, x = model.step(c, model.embed_tokens(torch.tensor([last], device=dev)))
+        logits = model.logits(c, x)[0].float().cpu()
+        if temperature == 0:
+            nxt = int(torch.argmax(logits))
+        else:
+            logits = logits / temperature
+            if 0 < top_k < logits.numel():
+                kth = torch.topk(logits, top_k).values[-1]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = torch.softmax(logits, dim=0)
+            nxt = int(torch.multinomial(probs, 1, generator=gen))
+        out.append(nxt)
+        last = nxt
+    return tokenizer.decode(out)
+
+
+def load_tokenizer(path):
+    """``newllm.data.tokenize.load_tokenizer`` (a directory holding tokenizer.json, or the file)."""
+    try:
+        from .data.tokenize import load_tokenizer as _load
+    except ImportError:
+        _load = None
+    if _load is not None:
+        return _load(path)
+    from tokenizers import Tokenizer
+    p = Path(path)
+    p = p / "tokenizer.json" if p.is_dir() else p
+    if not p.is_file():
+        raise DataError(f"tokenizer file {p} is missing: run `dvc repro tokenize_cache`")
+    return Tokenizer.from_file(str(p))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m newllm.generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="models/model_latest.pt")
+    parser.add_argument("--tokenizer", default="data/tokenizer", help="directory with tokenizer.json, or the file")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=30)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k filter")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 0 or args.temperature < 0 or args.top_k < 0:
+        parser.error("--max-new-tokens, --temperature and --top-k must be >= 0")
+    from .cli import setup_logging
+    setup_logging()
+    try:
+        model = load_for_generation(args.checkpoint, args.device)
+        tok = load_tokenizer(args.tokenizer)
+        print(generate(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
+    except NewLLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

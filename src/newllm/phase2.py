@@ -1,0 +1,403 @@
+"""Phase 2: next-token prediction (cvfp.md, "Phase 2") on the shared stream/scan engine.
+
+Semantics
+---------
+- Streams: as in Phase 1 (``phase1.stream`` from the Phase 1 sidecar config).
+  ``sample``: every sample is its own stream; ``corpus``: all tokens are one stream.
+- Targets: token ``t`` of a stream predicts ``tok_{t+1}`` of the *same* stream. The last
+  token of a stream has no target (``sample``: the last token of every sample;
+  ``corpus``: only the corpus's last token, so pairs cross sample boundaries there,
+  as in the original concatenated corpus). ``next_token_targets`` is that definition;
+  the baselines use the same one.
+- Input stream ``x_t = LN_e(E[tok_t])``; ``(c_t, x'_t) = F_theta(sg(c_{t-1}), x_t)``;
+  logits ``= model.logits(c_t, x'_t)``: ``U x'_t + b`` (``predict_from: token``, the
+  original) or ``U c_t + b`` (``predict_from: context``: a fresh head of width ``d_c``,
+  see ``prepare_head``).
+- An epoch is one pass over the training tokens with ``c_{-1} = 0`` per stream, no
+  noise, the context carried from token to token and detached (no gradient through the
+  history).
+- ``phase2.freeze_context: true``: only the head trains. Theta (and the embedding) are
+  fixed, so the head's input features are computed once (a no-grad scan with
+  ``keep_x``) and the head is trained on them. ``false`` (default): layers and head
+  train, plus the embedding ``E`` and ``LN_e`` when the embedding is random; they stay
+  frozen when the Phase 1 sidecar says the embeddings are pretrained.
+- Loss: cross-entropy. One Adam step (lr ``phase2.learning_rate``, gradient-norm clip
+  ``phase2.gradient_clip``) per batch of ``phase2.batch_tokens`` tokens, a contiguous
+  range of the engine's schedule order (``engine.batch_ranges``; 0 = one full-batch
+  step per epoch, the original). A batch's loss is the sum of its tokens' CE divided by
+  the number of targets in the batch; a batch without any target (possible only for
+  tiny ``batch_tokens``) takes no step. Per batch: a no-grad scan gives each token's
+  input context, then forward/backward in chunks of ``phase2.chunk_tokens`` targets, so
+  the ``N x V`` logits never exist at once. This equals the per-token loop
+  ``newllm.reference.phase2_reference`` (the tests prove it).
+- Per epoch: train loss (mean CE over the epoch's targets, each taken with the
+  parameters of its batch) and perplexity; validation loss, perplexity and top-1
+  accuracy (theta frozen: a no-grad scan with ``keep_x`` and chunked logits, one pass,
+  ``c_{-1} = 0``); ``time_s`` is the whole epoch (training + validation) and
+  ``tokens_per_s`` = training tokens / ``time_s``.
+- Mixed precision through ``Runtime.autocast()`` (the CE is taken in fp32); fp16 uses a
+  GradScaler. A NaN/Inf loss or gradient norm stops with ``NumericalError`` naming the
+  epoch and the quantity.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import Phase2Config
+from .engine import Schedule, batch_ranges, chunks, scan
+from .errors import NumericalError
+from .model import CVFPModel
+from .phase1 import embed_all
+from .runtime import Progress, Runtime
+
+log = logging.getLogger(__name__)
+
+SCAN_RANGE = 8192          # tokens per no-grad scan call for validation / frozen features
+HEAD_SEED_OFFSET = 1_000_000_007  # the fresh context head: Generator seeded with seed + this
+
+
+def next_token_targets(tokens: torch.Tensor, offsets: torch.Tensor, stream: str) -> torch.Tensor:
+    """(N,) target id of every flat token (``tok_{t+1}`` in its stream), -1 where none."""
+    tokens = tokens.long()
+    offsets = offsets.long()
+    n = tokens.numel()
+    tgt = torch.full((n,), -1, dtype=torch.long)
+    if n > 1:
+        tgt[:-1] = tokens[1:]
+    if stream == "sample":
+        nonempty = offsets[1:] > offsets[:-1]
+        tgt[(offsets[1:] - 1)[nonempty]] = -1
+    elif stream != "corpus":
+        raise ValueError(f"unknown stream mode {stream!r}")
+    return tgt
+
+
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """``sum_i CE(h_i W^T + b, y_i)`` with one ``(n, V)`` buffer instead of four.
+
+    The forward computes the logits (matmul in ``compute_dtype``, softmax in fp32 or the
+    parameters' dtype), the summed loss and, in the same buffer and in place, its gradient
+    with respect to the logits (``softmax - onehot``); the backward only multiplies that
+    buffer into the input/weight/bias gradients. Mathematically ``F.cross_entropy(head(h),
+    y, reduction="sum")``; it exists because the chunk x vocabulary logits and their
+    gradient dominate Phase 2's memory.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, target, compute_dtype):
+        with torch.autocast(h.device.type, enabled=False):
+            cd = compute_dtype or weight.dtype
+            acc = weight.dtype if cd not in (torch.bfloat16, torch.float16) else torch.float32
+            hc, wc = h.to(cd), weight.to(cd)
+            z = torch.addmm(bias.to(cd), hc, wc.t()).to(acc)     # (n, V) logits
+            loss, z = _ce_in_place(z, target, grad=True)           # z: d loss / d logits
+            g = z.to(cd)
+            del z
+        ctx.save_for_backward(hc, wc, g)
+        ctx.dtypes = (h.dtype, weight.dtype, bias.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hc, wc, g = ctx.saved_tensors
+        h_dt, w_dt, b_dt = ctx.dtypes
+        s = grad_loss.to(torch.float32 if g.dtype in (torch.bfloat16, torch.float16) else g.dtype)
+        gh = gw = gb = None
+        with torch.autocast(g.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                gh = (g @ wc).to(h_dt).mul_(s.to(h_dt))
+            if ctx.needs_input_grad[1]:
+                gw = (g.t() @ hc).to(w_dt).mul_(s.to(w_dt))
+            if ctx.needs_input_grad[2]:
+                gb = g.sum(0, dtype=b_dt).mul_(s.to(b_dt))
+        return gh, gw, gb, None, None
+
+
+def _ce_in_place(z: torch.Tensor, target: torch.Tensor, grad: bool = False):
+    """Summed CE of logits ``z`` (n, V) overwriting ``z``: with ``grad`` it becomes
+    ``softmax(z) - onehot(target)``. Returns (loss tensor, z)."""
+    rows = torch.arange(z.shape[0], device=z.device)
+    picked = z[rows, target]
+    m = z.amax(1, keepdim=True)
+    z.sub_(m).exp_()
+    tot = z.sum(1, keepdim=True)
+    loss = ((m + tot.log()).squeeze(1) - picked).sum()
+    if grad:
+        z.div_(tot)
+        z[rows, target] -= 1
+    return loss, z
+
+
+def ppl(loss: float) -> float:
+    """Perplexity, capped so a diverged loss stays a finite JSON number."""
+    return math.exp(min(loss, 700.0))
+
+
+def prepare_head(model: CVFPModel, predict_from: str, seed: int) -> CVFPModel:
+    """``predict_from: context`` gets a fresh head of width ``d_c`` (init N(0, 0.02^2), zero
+    bias, from ``torch.Generator`` seeded with ``seed + HEAD_SEED_OFFSET``); ``token`` keeps
+    the model's head."""
+    if predict_from == model.head_from:
+        return model
+    if predict_from not in ("token", "context"):
+        raise ValueError(f"unknown predict_from {predict_from!r}")
+    dim = model.cfg.embed_dim if predict_from == "token" else model.cfg.context_dim
+    w = model.head.weight
+    model.head = nn.Linear(dim, model.cfg.vocab_size, device=w.device, dtype=w.dtype)
+    model.head_from = predict_from
+    model.reset_head(torch.Generator().manual_seed(seed + HEAD_SEED_OFFSET))
+    return model
+
+
+def trainable_parameters(model: CVFPModel, freeze_context: bool, embeddings_frozen: bool) -> list[nn.Parameter]:
+    """The parameters Phase 2 trains, in a fixed order (layers, embedding, head)."""
+    params: list[nn.Parameter] = []
+    if not freeze_context:
+        params += model.layer_parameters()
+        if not embeddings_frozen:
+            params += [model.embed.weight, *model.ln_e.parameters()]
+    params += list(model.head.parameters())
+    return params
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_ppl: float
+    val_loss: float
+    val_ppl: float
+    val_acc: float
+    optimizer_steps: int
+    time_s: float
+    tokens_per_s: float
+
+    def as_row(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Phase2State:
+    epochs_done: int = 0
+    steps: int = 0
+    history: list = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = float("inf")
+
+
+class Phase2Trainer:
+    def __init__(self, model: CVFPModel, train_tokens: torch.Tensor, train_offsets: torch.Tensor,
+                 val_tokens: torch.Tensor, val_offsets: torch.Tensor, cfg: Phase2Config, stream: str,
+                 rt: Runtime, embeddings_frozen: bool | None = None):
+        self.model, self.cfg, self.rt, self.stream = model, cfg, rt, stream
+        dev = rt.device
+        if embeddings_frozen is None:
+            embeddings_frozen = model.embeddings_source != "random"
+        self.embeddings_frozen = embeddings_frozen
+        # the embedding changes during training only when it trains
+        self.x_fixed = cfg.freeze_context or embeddings_frozen
+        self.train = self._split(train_tokens, train_offsets, dev)
+        self.val = self._split(val_tokens, val_offsets, dev)
+        self.params = trainable_parameters(model, cfg.freeze_context, embeddings_frozen)
+        self.opt = torch.optim.Adam(self.params, lr=cfg.learning_rate)
+        self.scaler = rt.grad_scaler()
+        self.state = Phase2State()
+        self.features: torch.Tensor | None = None   # freeze_context: head inputs of the targets
+        self.grad_sink = None  # tests: callable(list of grads) before each step
+
+    def _split(self, tokens: torch.Tensor, offsets: torch.Tensor, dev: torch.device) -> dict:
+        tokens = tokens.long()
+        sched = Schedule.build(offsets, self.stream)
+        tgt = next_token_targets(tokens, offsets, self.stream)
+        tgt_sched = tgt[sched.order]
+        has = tgt_sched >= 0
+        tcount = torch.zeros(sched.num_tokens + 1, dtype=torch.long)
+        tcount[1:] = torch.cumsum(has.long(), 0)
+        tokens = tokens.to(dev)
+        x = embed_all(self.model, tokens, dev) if self.x_fixed else None
+        return {"tokens": tokens, "sched": sched, "tgt_list": tgt_sched[has].to(dev), "has": has,
+                "tcount": tcount, "num_targets": int(tcount[-1]), "x": x}
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def _x_of(self, split: dict):
+        if split["x"] is not None:
+            return lambda idx: split["x"][idx]
+        return lambda idx: self.model.embed_tokens(split["tokens"][idx])
+
+    def _carry(self, split: dict) -> torch.Tensor:
+        return torch.zeros(split["sched"].num_streams, self.model.cfg.context_dim,
+                           dtype=self.model.head.weight.dtype, device=self.rt.device)
+
+    def _head_inputs(self, split: dict, p0: int, p1: int, carry: torch.Tensor) -> torch.Tensor:
+        """No-grad scan of schedule range [p0, p1): the head inputs of its targets (schedule order)."""
+        token = self.model.head_from == "token"
+        out = scan(self.model.step, split["sched"], p0, p1, carry, self._x_of(split), keep_x=token,
+                   autocast=self.rt.autocast())
+        feats = out.x_out if token else out.c_out
+        sel = torch.nonzero(split["has"][p0:p1]).squeeze(1).to(feats.device)
+        return feats[sel].to(self.model.head.weight.dtype)
+
+    def _compute_features(self) -> torch.Tensor:
+        """freeze_context: theta is fixed, so the head inputs of every training target once."""
+        tr = self.train
+        carry = self._carry(tr)
+        feats = [self._head_inputs(tr, p0, p1, carry) for p0, p1 in batch_ranges(tr["sched"].num_tokens, SCAN_RANGE)]
+        out = torch.cat(feats)
+        if not bool(torch.isfinite(out).all()):
+            raise NumericalError("phase2: non-finite head inputs (NaN/Inf) from the frozen Phase 1 model; "
+                                 "the Phase 1 checkpoint is numerically broken")
+        return out
+
+    # -- state for resume -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        s = self.state
+        return {"epochs_done": s.epochs_done, "steps": s.steps, "history": list(s.history),
+                "best_epoch": s.best_epoch, "best_val_loss": s.best_val_loss,
+                "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.model.load_state_dict(d["model"])
+        self.opt.load_state_dict(d["optimizer"])
+        if self.scaler and d.get("scaler"):
+            self.scaler.load_state_dict(d["scaler"])
+        self.state = Phase2State(int(d["epochs_done"]), int(d["steps"]), list(d["history"]),
+                                 int(d["best_epoch"]), float(d["best_val_loss"]))
+        if self.x_fixed:  # the embedding is frozen, but recompute from the loaded weights anyway
+            for split in (self.train, self.val):
+                split["x"] = embed_all(self.model, split["tokens"], self.rt.device)
+        self.features = None
+
+    @property
+    def done(self) -> bool:
+        return self.state.epochs_done >= self.cfg.epochs
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self, on_epoch_end=None) -> Phase2State:
+        """Run the remaining epochs; ``on_epoch_end(trainer, record, improved)`` after each."""
+        while not self.done:
+            rec = self.run_epoch(self.state.epochs_done)
+            improved = rec.val_loss < self.state.best_val_loss
+            if improved:
+                self.state.best_epoch, self.state.best_val_loss = rec.epoch, rec.val_loss
+            if on_epoch_end is not None:
+                on_epoch_end(self, rec, improved)
+        return self.state
+
+    def run_epoch(self, e: int) -> EpochRecord:
+        """Train epoch ``e`` (0-based) and validate; returns its record (``epoch`` is 1-based)."""
+        cfg, tr, st = self.cfg, self.train, self.state
+        n = tr["sched"].num_tokens
+        if cfg.freeze_context and self.features is None:
+            self.features = self._compute_features()
+        carry = self._carry(tr)
+        prog = Progress(f"phase2 epoch {e + 1}/{cfg.epochs}", n)
+        t0 = time.perf_counter()
+        ce_sum, steps0 = 0.0, st.steps
+        self.model.train()
+        for p0, p1 in batch_ranges(n, cfg.batch_tokens):
+            ce_sum += self._train_batch(p0, p1, carry, e)
+            prog.update(p1 - p0)
+        train_loss = ce_sum / max(tr["num_targets"], 1)
+        val_loss, val_acc = self.evaluate(e)
+        el = time.perf_counter() - t0
+        rec = EpochRecord(epoch=e + 1, train_loss=train_loss, train_ppl=ppl(train_loss), val_loss=val_loss,
+                          val_ppl=ppl(val_loss), val_acc=val_acc, optimizer_steps=st.steps - steps0,
+                          time_s=round(el, 3), tokens_per_s=round(n / el, 1))
+        st.history.append(rec.as_row())
+        st.epochs_done = e + 1
+        log.info("phase2 epoch %d/%d: train loss %.4f (ppl %.1f)  val loss %.4f (ppl %.1f, acc %.2f%%)  "
+                 "%d steps  %.1fs  %.0f tok/s", e + 1, cfg.epochs, train_loss, rec.train_ppl, val_loss,
+                 rec.val_ppl, 100 * val_acc, rec.optimizer_steps, el, rec.tokens_per_s)
+        return rec
+
+    def _train_batch(self, p0: int, p1: int, carry: torch.Tensor, e: int) -> float:
+        tr, model = self.train, self.model
+        t0, t1 = int(tr["tcount"][p0]), int(tr["tcount"][p1])
+        nt = t1 - t0
+        if self.features is None:
+            # no-grad scan: each token's input context (and the carry for the next batch)
+            out = scan(model.step, tr["sched"], p0, p1, carry, self._x_of(tr), autocast=self.rt.autocast())
+            sel = torch.nonzero(tr["has"][p0:p1]).squeeze(1).to(self.rt.device)
+            c_in = out.c_in[sel]
+            flat = tr["sched"].order[p0:p1].to(self.rt.device)[sel]
+        if nt == 0:
+            return 0.0
+        targets = tr["tgt_list"][t0:t1]  # the batch's targets, schedule order
+        self.opt.zero_grad(set_to_none=True)
+        ce_total = 0.0
+        head, cd = model.head, HALF.get(self.rt.precision)
+        for a, b in chunks(nt, self.cfg.chunk_tokens):
+            if self.features is not None:
+                h = self.features[t0 + a:t0 + b]
+            else:
+                idx = flat[a:b]
+                x = tr["x"][idx] if tr["x"] is not None else model.embed_tokens(tr["tokens"][idx])
+                with self.rt.autocast():
+                    c, x2 = model.step(c_in[a:b], x)
+                h = x2 if model.head_from == "token" else c
+            ce = LinearCrossEntropy.apply(h, head.weight, head.bias, targets[a:b], cd)
+            ce_val = float(ce.detach())
+            if not math.isfinite(ce_val):
+                raise NumericalError(
+                    f"phase2 epoch {e + 1}: non-finite train loss (NaN/Inf) at schedule tokens {p0}-{p1} "
+                    f"(cross-entropy sum {ce_val}); the last good checkpoint is kept")
+            loss = ce / nt
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            ce_total += ce_val
+            del h, ce, loss
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        if self.grad_sink is not None:
+            self.grad_sink([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                            for p in self.params])
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.gradient_clip)
+        if self.scaler:
+            self.scaler.step(self.opt)  # skips the step itself on inf/NaN (fp16 overflow)
+            self.scaler.update()
+        else:
+            if not bool(torch.isfinite(norm)):
+                raise NumericalError(f"phase2 epoch {e + 1}: non-finite gradient norm ({float(norm)}) at "
+                                     f"schedule tokens {p0}-{p1}; the last good checkpoint is kept")
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)  # free the gradients between batches
+        self.state.steps += 1
+        return ce_total
+
+    @torch.no_grad()
+    def evaluate(self, e: int | None = None) -> tuple[float, float]:
+        """Validation loss and top-1 accuracy: theta frozen, one pass, c_{-1} = 0 per stream."""
+        va, model = self.val, self.model
+        model.eval()
+        n = va["sched"].num_tokens
+        carry = self._carry(va)
+        ce_sum, correct = 0.0, 0
+        for p0, p1 in batch_ranges(n, SCAN_RANGE):
+            feats = self._head_inputs(va, p0, p1, carry)
+            t0 = int(va["tcount"][p0])
+            for a, b in chunks(feats.shape[0], self.cfg.chunk_tokens):
+                tg = va["tgt_list"][t0 + a:t0 + b]
+                with self.rt.autocast():
+                    z = model.head(feats[a:b])
+                z = z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
+                correct += int((z.argmax(1) == tg).sum())
+                ce_sum += float(_ce_in_place(z, tg)[0])
+                del z
+        model.train()
+        nt = max(va["num_targets"], 1)
+        loss = ce_sum / nt
+        if not math.isfinite(loss):
+            where = f"epoch {e + 1}" if e is not None else "evaluation"
+            raise NumericalError(f"phase2 {where}: non-finite validation loss (NaN/Inf); "
+                                 f"the last good checkpoint is kept")
+        return loss, correct / nt

