@@ -1,11 +1,17 @@
 """DVC stage phase2_lm: Phase 2 next-token training (see newllm.pipeline.phase2)."""
 from newllm.cli import run_stage
-from newllm.config import load
-from newllm.pipeline import phase2
+from newllm.config import STAGE_SECTIONS, load
+
+SECTIONS = ["phase2", "runtime", "resume"]  # = newllm.pipeline.phase2.SECTIONS
 
 
 def main(args):
-    phase2.run(load(args.params, sections=phase2.SECTIONS))
+    cfg = load(args.params, sections=STAGE_SECTIONS.get("phase2_lm", SECTIONS))  # before torch is imported
+    from newllm.pipeline import phase2
+    from newllm.runtime import check_device
+
+    check_device(cfg.runtime)
+    phase2.run(cfg)
 
 
 if __name__ == "__main__":

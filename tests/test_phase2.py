@@ -388,3 +388,32 @@ def test_stage_needs_the_gate(tmp_path, monkeypatch):
     paths.GATE.unlink()
     with pytest.raises(CheckpointError, match="gate"):
         phase2.run(from_dict(PARAMS, phase2.SECTIONS))
+
+
+def test_stage_ignores_an_unreadable_resume_state(tmp_path, monkeypatch, caplog):
+    from newllm import paths
+    from newllm.phase2 import Phase2Trainer as T
+    from newllm.pipeline import phase2
+    stage_inputs(tmp_path, monkeypatch)
+    cfg = from_dict(PARAMS, phase2.SECTIONS)
+    ref = phase2.run(cfg)
+    ref_w = torch.load(paths.PHASE2_LATEST, weights_only=True)["model_state_dict"]
+    orig = T.run_epoch
+
+    def dying(self, e):
+        if e == 1:
+            raise KeyboardInterrupt
+        return orig(self, e)
+
+    monkeypatch.setattr(T, "run_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        phase2.run(cfg)
+    monkeypatch.setattr(T, "run_epoch", orig)
+    state = torch.load("resume/phase2.pt", weights_only=True)
+    state["trainer"]["optimizer"] = {"state": {}, "param_groups": []}  # another layout; model already loaded
+    torch.save(state, "resume/phase2.pt")
+    m = phase2.run(cfg)
+    assert "unreadable state" in caplog.text
+    assert m["val"] == ref["val"]
+    for k, v in torch.load(paths.PHASE2_LATEST, weights_only=True)["model_state_dict"].items():
+        assert torch.equal(v, ref_w[k]), k

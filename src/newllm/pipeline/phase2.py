@@ -25,10 +25,10 @@ from .. import paths
 from ..baselines import baselines
 from ..config import Config
 from ..data.tokens import load_token_set
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NumericalError
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json, state_dict_digest
 from ..phase2 import EpochRecord, Phase2Trainer, ppl, prepare_head
-from ..resume import ResumeStore, fingerprint
+from ..resume import ResumeStore, first_non_finite, fingerprint
 from ..runtime import Runtime, oom_advice, peak_memory
 from .phase1 import history_csv, load_checkpoint
 
@@ -49,6 +49,23 @@ def check_gate() -> dict:
                      "working fixed point. Set validate.enforce: true to stop the pipeline instead.", bar):
             log.warning(line)
     return gate
+
+
+def model_state(tr: Phase2Trainer) -> dict:
+    return {k: v.detach().cpu() for k, v in tr.model.state_dict().items()}
+
+
+def _kept(store: ResumeStore, last_epoch: int | None) -> str:
+    """What a failed run leaves behind, for its error message."""
+    if not store.enabled:
+        rolling = "No rolling checkpoint is kept (resume.enabled is false)."
+    elif not last_epoch:
+        rolling = "No rolling checkpoint was written (the fault came before the first completed epoch)."
+    else:
+        rolling = (f"The rolling checkpoint {store.paths[0]} (after epoch {last_epoch}) is kept: a re-run "
+                   f"with the same params resumes from it, other params start afresh.")
+    return (f"Nothing final was written ({paths.PHASE2_LATEST}, {paths.PHASE2_METRICS} are not updated; "
+            f"{paths.PHASE2_BEST} holds the best epoch so far, if any). {rolling}")
 
 
 def _r(v: float, nd: int = 6) -> float:
@@ -75,6 +92,13 @@ def run(cfg: Config) -> dict:
              base["unigram_ppl"], base["bigram_ppl"], 100 * base["majority_acc"])
 
     embeddings_frozen = model.embeddings_source != "random"
+
+    def new_trainer() -> Phase2Trainer:
+        m, _ = load_checkpoint(rt)
+        prepare_head(m, p2.predict_from, cfg.seed)
+        return Phase2Trainer(m, train.tokens, train.offsets, val.tokens, val.offsets, p2, stream, rt,
+                             embeddings_frozen=embeddings_frozen)
+
     trainer = Phase2Trainer(model, train.tokens, train.offsets, val.tokens, val.offsets, p2, stream, rt,
                             embeddings_frozen=embeddings_frozen)
     tokens_digest = state_dict_digest({"t": train.tokens, "o": train.offsets, "vt": val.tokens, "vo": val.offsets})
@@ -90,7 +114,7 @@ def run(cfg: Config) -> dict:
 
     def payload(tr: Phase2Trainer) -> dict:
         h = tr.state.history
-        return {"model_state_dict": {k: v.detach().cpu() for k, v in tr.model.state_dict().items()},
+        return {"model_state_dict": model_state(tr),
                 "config": run_config, "epoch": tr.state.epochs_done,
                 "phase2_history": {"train_loss": [r["train_loss"] for r in h],
                                    "val_loss": [r["val_loss"] for r in h]}}
@@ -107,7 +131,17 @@ def run(cfg: Config) -> dict:
 
     resumed = store.load()
     if resumed is not None:
-        trainer.load_state_dict(resumed["trainer"])
+        try:
+            trainer.load_state_dict(resumed["trainer"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+            # same params and data, but a layout this code does not read (another version)
+            log.warning("ignoring resume checkpoint %s: unreadable state (%s: %s); starting from scratch",
+                        store.paths[0], type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            resumed = None
+            del trainer, model  # possibly half-loaded: rebuild from the Phase 1 checkpoint
+            trainer = new_trainer()
+            model = trainer.model
+    if resumed is not None:
         log.info("resumed phase2 after epoch %d (%d optimizer steps)", trainer.state.epochs_done,
                  trainer.state.steps)
         best = best_store.load()
@@ -120,6 +154,8 @@ def run(cfg: Config) -> dict:
                                   f"the best model (epoch {trainer.state.best_epoch}) is not in "
                                   f"{cfg.resume.dir}; delete {cfg.resume.dir}/phase2.pt to start over")
 
+    saved = {"epoch": trainer.state.epochs_done if resumed is not None else None}
+
     def on_epoch_end(tr: Phase2Trainer, rec: EpochRecord, improved: bool) -> None:
         if improved:
             obj, meta = payload(tr), sidecar(tr, rec.as_row())
@@ -128,9 +164,18 @@ def run(cfg: Config) -> dict:
             del obj
         if tr.state.epochs_done % p2.checkpoint_every == 0 or tr.done:
             store.save({"trainer": tr.state_dict()})
+            saved["epoch"] = tr.state.epochs_done
 
     with oom_advice("phase2_lm", "phase2.batch_tokens"):
-        state = trainer.run(on_epoch_end=on_epoch_end)
+        try:
+            state = trainer.run(on_epoch_end=on_epoch_end)
+        except NumericalError as e:
+            raise NumericalError(f"{e}. {_kept(store, saved['epoch'])} Try a lower phase2.learning_rate or "
+                                 f"runtime.precision: fp32.") from None
+    bad = first_non_finite({k: v for k, v in model_state(trainer).items()})
+    if bad is not None:
+        raise NumericalError(f"phase2: NaN/Inf in the model weights ({bad}) after epoch {state.epochs_done}. "
+                             f"{_kept(store, saved['epoch'])} Try a lower phase2.learning_rate.")
 
     hist = state.history
     last = hist[-1]
