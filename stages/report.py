@@ -1,11 +1,13 @@
 """DVC stage report: the HTML report of the run (see newllm.pipeline.report)."""
 from newllm.cli import run_stage
-from newllm.config import load
-from newllm.pipeline import report
+from newllm.config import STAGE_SECTIONS, load
 
 
 def main(args):
-    report.run(load(args.params, sections=report.SECTIONS))
+    cfg = load(args.params, sections=STAGE_SECTIONS["report"])  # before the heavy imports
+    from newllm.pipeline import report
+
+    report.run(cfg)
 
 
 if __name__ == "__main__":

@@ -106,3 +106,15 @@ def chat_sample():
     if not SHARED_SAMPLE.exists():
         pytest.skip(f"shared sample {SHARED_SAMPLE} is absent (only on the development machines)")
     return SHARED_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def prepared_run(tmp_path_factory):
+    """A complete tiny run made by the real stage scripts, once per test worker (read-only:
+    copy it with reliability_helpers.copy_run before changing anything)."""
+    from reliability_helpers import run_chain, write_params
+
+    d = tmp_path_factory.mktemp("prepared")
+    write_params(d)
+    run_chain(d)
+    return d

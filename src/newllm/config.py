@@ -334,6 +334,8 @@ STAGE_SECTIONS: dict[str, list[str]] = {
     "tokenize_cache": ["data"],
     "phase1_fixed_point": ["model", "phase1", "runtime", "resume", "dist"],
     "validate_rank": ["validate", "runtime"],
+    "phase2_lm": ["phase2", "runtime", "resume"],
+    "report": ["report"],
 }
 
 
@@ -401,7 +403,10 @@ def load(path: str | Path = "params.yaml", sections: list[str] | None = None) ->
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe)
     except yaml.YAMLError as e:
-        raise ConfigError(str(path), "unparsable YAML", f"valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(str(path), "unparsable YAML", f"valid YAML ({where}{problem})") from None
     except UnicodeDecodeError as e:
         raise ConfigError(str(path), "not UTF-8", f"a UTF-8 text file ({e})") from None
     return from_dict(raw, sections)
