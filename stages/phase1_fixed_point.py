@@ -7,11 +7,12 @@ def main(args):
     cfg = load(args.params, sections=STAGE_SECTIONS["phase1_fixed_point"])  # before torch is imported
     from newllm.dist import relaunch_under_torchrun
     from newllm.pipeline import phase1
-    from newllm.runtime import check_device
+    from newllm.runtime import check_device, oom_advice
 
     check_device(cfg.runtime)  # before torchrun starts dist.nproc processes that would all fail
     relaunch_under_torchrun(cfg.dist.nproc)
-    phase1.run(cfg)
+    with oom_advice("phase1_fixed_point", "phase1.batch_tokens"):  # also outside the training loop
+        phase1.run(cfg)
 
 
 if __name__ == "__main__":

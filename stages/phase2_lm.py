@@ -8,10 +8,11 @@ SECTIONS = ["phase2", "runtime", "resume"]  # = newllm.pipeline.phase2.SECTIONS
 def main(args):
     cfg = load(args.params, sections=STAGE_SECTIONS.get("phase2_lm", SECTIONS))  # before torch is imported
     from newllm.pipeline import phase2
-    from newllm.runtime import check_device
+    from newllm.runtime import check_device, oom_advice
 
     check_device(cfg.runtime)
-    phase2.run(cfg)
+    with oom_advice("phase2_lm", "phase2.batch_tokens"):  # also outside the training loop
+        phase2.run(cfg)
 
 
 if __name__ == "__main__":

@@ -94,13 +94,26 @@ class Progress:
         return time.perf_counter() - self.start
 
 
+# torch.OutOfMemoryError since torch 2.5; torch.cuda.OutOfMemoryError (the same class) before
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+def oom_message(what: str, batch_key: str, err: BaseException) -> str:
+    """What to change when ``what`` ran out of GPU memory: the knobs, the biggest lever first."""
+    section = batch_key.split(".")[0]
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return (f"{what} ran out of GPU memory ({first}). Reduce memory with any of: "
+            f"{section}.chunk_tokens (tokens per forward/backward chunk), "
+            f"{batch_key} (tokens per optimizer step), data.num_samples (fewer tokens), "
+            f"runtime.precision: bf16 or fp16 (half-size activations), "
+            f"model.context_dim/embed_dim (a smaller model); on a GPU shared with other work, free "
+            f"it first. (These params change the result: a re-run with them starts {what} afresh.)")
+
+
 @contextlib.contextmanager
 def oom_advice(what: str, batch_key: str):
     """Turn a CUDA out-of-memory error into a message naming the knobs that reduce memory."""
     try:
         yield
-    except torch.OutOfMemoryError as e:
-        raise NewLLMError(
-            f"{what} ran out of GPU memory ({str(e).splitlines()[0]}). Reduce memory with any of: "
-            f"{batch_key} (tokens per optimizer step) or the chunk_tokens of the same section, "
-            f"data.num_samples, runtime.precision: bf16 or fp16, model.context_dim/embed_dim.") from None
+    except OutOfMemoryError as e:
+        raise NewLLMError(oom_message(what, batch_key, e)) from None
