@@ -5,8 +5,11 @@ import hashlib
 import io
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +88,22 @@ def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
     if not path.exists():
         raise CheckpointError(f"{what} {path} is missing: run the stage that produces it (dvc repro)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about legacy files before failing on them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage, or a pickled object weights_only refuses
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        text = str(e)
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+        if found:
             raise CheckpointError(
-                f"{what} {path} holds objects other than tensors and plain data; refusing to "
-                f"unpickle it (weights_only=True). Re-create it with this project's stages.") from None
+                f"{what} {path} holds objects other than tensors and plain data ({found.group(1)}); "
+                f"refusing to unpickle it (weights_only=True), nothing in it was run. Re-create it "
+                f"with this project's stages.") from None
+        if isinstance(e, pickle.UnpicklingError) or "WeightsUnpickler" in text:
+            msg = "not a PyTorch checkpoint"
+        else:
+            first = text.splitlines()[0].split(". ")[0] if text else ""
+            msg = f"{type(e).__name__}: {first}" if first else type(e).__name__
         raise CheckpointError(f"{what} {path} is corrupt or truncated ({msg}); delete it and re-run "
                               f"the stage that produces it") from None
 

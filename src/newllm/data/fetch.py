@@ -184,7 +184,15 @@ def fetch_local(cfg: DataConfig) -> RawData:
                         f"give a JSONL or Parquet file in the ultrachat_200k row schema")
     skipped: Counter[str] = Counter()
     needed = cfg.num_samples + cfg.num_val
-    rows = take_rows(stream_local_file(path, skipped), needed, skipped, str(path))
+    try:
+        rows = take_rows(stream_local_file(path, skipped), needed, skipped, str(path))
+    except DataError:
+        raise
+    except Exception as e:  # pyarrow/datasets on a damaged or non-Parquet file, an unreadable file, ...
+        raise DataError(f"data.path {path} cannot be read as "
+                        f"{'Parquet' if path.suffix.lower() == '.parquet' else 'JSONL'} "
+                        f"({type(e).__name__}: {_first_line(e)}); give a JSONL or Parquet file in the "
+                        f"ultrachat_200k row schema") from None
     _check_enough(rows, needed, skipped, f"data.path {path}",
                   f"data.num_samples={cfg.num_samples} needs {cfg.num_samples} training + "
                   f"{cfg.num_val} validation rows; lower data.num_samples or use a larger file.")

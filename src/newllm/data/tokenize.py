@@ -103,16 +103,25 @@ def conversation_text(row: dict[str, Any]) -> str:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows fetch_ultrachat wrote; a damaged file is a DataError naming the line."""
     if not path.is_file():
         raise DataError(f"{path} is missing: run `dvc repro fetch_ultrachat`")
+    fix = f"delete {path.parent} and run `dvc repro fetch_ultrachat`"
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
             try:
-                rows.append(json.loads(line))
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise DataError(f"{path} line {i} is not UTF-8; {fix}") from None
             except ValueError:
-                raise DataError(f"{path} line {i} is not JSON; delete {path.parent} and run "
-                                f"`dvc repro fetch_ultrachat`") from None
+                raise DataError(f"{path} line {i} is not JSON; {fix}") from None
+            msgs = row.get("messages") if isinstance(row, dict) else None
+            if not (isinstance(msgs, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                                   for m in msgs)):
+                raise DataError(f"{path} line {i} is not a conversation in the ultrachat_200k row schema "
+                                f"(messages: a list of {{role, content}}); {fix}")
+            rows.append(row)
     return rows
 
 
@@ -146,6 +155,16 @@ def run(cfg: Config, raw_dir: Path = paths.RAW_TRAIN.parent,
         metrics_path: Path = paths.DATA_METRICS) -> dict[str, Any]:
     """Tokenize ``raw_dir``'s conversations; returns the metrics it writes."""
     fetch_info = read_json(raw_dir / "fetch_info.json", "fetch info")
+    if not (isinstance(fetch_info, dict) and isinstance(fetch_info.get("source"), str)
+            and isinstance(fetch_info.get("skipped"), dict)):
+        raise DataError(f"fetch info {raw_dir / 'fetch_info.json'} lacks source/skipped; delete {raw_dir} "
+                        f"and run `dvc repro fetch_ultrachat`")
+    texts = {}
+    for split in ("train", "val"):  # every input checked before any work or write
+        texts[split] = [conversation_text(r) for r in read_rows(raw_dir / f"{split}.jsonl")]
+        if not texts[split]:
+            raise DataError(f"{raw_dir / f'{split}.jsonl'} holds no conversations; check data.* "
+                            f"params and run `dvc repro fetch_ultrachat`")
     tok = build_tokenizer(cfg.data.tokenizer)
     max_len = cfg.data.max_seq_length
     sets = {}
@@ -154,13 +173,10 @@ def run(cfg: Config, raw_dir: Path = paths.RAW_TRAIN.parent,
         "vocab_size": tok.get_vocab_size(),
         "skipped_rows": {"total": sum(fetch_info["skipped"].values()), **fetch_info["skipped"]}}
     for split in ("train", "val"):
-        texts = [conversation_text(r) for r in read_rows(raw_dir / f"{split}.jsonl")]
-        if not texts:
-            raise DataError(f"{raw_dir / f'{split}.jsonl'} holds no conversations; check data.* "
-                            f"params and run `dvc repro fetch_ultrachat`")
-        sets[split], short = tokenize_texts(tok, texts, max_len)
-        save_token_set(sets[split], Path(tokens_dir) / f"{split}.pt")
+        sets[split], short = tokenize_texts(tok, texts[split], max_len)
         metrics[split] = _split_metrics(sets[split], short)
+    for split in ("train", "val"):
+        save_token_set(sets[split], Path(tokens_dir) / f"{split}.pt")
     metrics["val"]["unseen_type_frac"] = unseen_type_frac(sets["train"], sets["val"])
     save_tokenizer(tok, tokenizer_dir)
     atomic_write_json(metrics_path, metrics)
