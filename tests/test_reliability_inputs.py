@@ -253,3 +253,18 @@ def test_stage_refuses_a_checkpoint_carrying_code(prepared_run, tmp_path, stage,
     assert_clean_error(r, rel, "holds objects other than tensors", "refusing to unpickle")
     assert not marker.exists()
     assert snapshot(d) == before
+
+
+@needs_phase2
+def test_generate_refuses_a_checkpoint_with_a_damaged_config(prepared_run, tmp_path):
+    import subprocess
+    import sys
+
+    ck = torch_load(prepared_run / "models/model_latest.pt")
+    ck["config"]["model"]["context_dim"] = "16"
+    torch.save(ck, tmp_path / "bad.pt")
+    p = subprocess.run([sys.executable, "-m", "newllm.generate", "--checkpoint", str(tmp_path / "bad.pt"),
+                        "--tokenizer", str(prepared_run / "data/tokenizer"), "--prompt", "Hello"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "bad.pt has an invalid model config (model.context_dim = '16'" in p.stderr

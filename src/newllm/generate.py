@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
-from .errors import CheckpointError, DataError, NewLLMError
+from .config import from_dict
+from .errors import CheckpointError, ConfigError, DataError, NewLLMError
 from .io import torch_load
 from .model import CVFPModel, load_model_state
 
@@ -36,10 +36,13 @@ def load_for_generation(checkpoint_path, device="cpu") -> CVFPModel:
         raise CheckpointError(f"model checkpoint {path} has no model_state_dict/config: {hint}")
     conf = ckpt["config"]
     try:
-        mcfg = ModelConfig(**{**conf["model"], "pretrained_embeddings": False})
+        mcfg = from_dict({"model": {**conf["model"], "pretrained_embeddings": False}}, sections=["model"]).model
         head_from = (conf.get("phase2") or {}).get("predict_from", "token")
     except (KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"model checkpoint {path} has an unusable model config ({e}): {hint}") from None
+    except ConfigError as e:  # checked like params: a damaged config never reaches torch
+        raise CheckpointError(f"model checkpoint {path} has an invalid model config ({e.key} = {e.value!r}, "
+                              f"expected {e.allowed}): {hint}") from None
     if head_from not in ("token", "context"):
         raise CheckpointError(f"model checkpoint {path}: unknown phase2.predict_from {head_from!r}: {hint}")
     model = CVFPModel(mcfg, head_from)
