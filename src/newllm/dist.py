@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 
@@ -72,11 +73,15 @@ def init_from_env(device_type: str) -> Dist:
 
 def relaunch_under_torchrun(nproc: int) -> None:
     """When ``dist.nproc > 1`` and this process was not started by torchrun, replace it by
-    ``torchrun --standalone --nproc_per_node nproc <same script and args>``."""
+    ``torchrun --standalone --nproc_per_node nproc <same script and args>``.
+
+    Several machines: set ``NEWLLM_TORCHRUN_ARGS`` to the rendezvous arguments (e.g.
+    ``--nnodes 2 --node_rank 0 --rdzv-backend c10d --rdzv-endpoint head:29500``); they
+    replace ``--standalone``, and ``dist.nproc`` is the processes per machine."""
     if nproc <= 1 or "LOCAL_RANK" in os.environ:
         return
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            *sys.argv]
+    extra = shlex.split(os.environ.get("NEWLLM_TORCHRUN_ARGS", "")) or ["--standalone"]
+    argv = [sys.executable, "-m", "torch.distributed.run", *extra, f"--nproc_per_node={nproc}", *sys.argv]
     log.info("launching %d processes: %s", nproc, " ".join(argv))
     sys.stdout.flush()
     sys.stderr.flush()
