@@ -303,3 +303,21 @@ def test_phase2_checkpoint_of_other_params_is_ignored_and_mirror_is_used(toy_dir
     assert "resumed phase2 after epoch 2" in caplog.text
     assert _phase2_outputs() == expected
     assert not any((toy_dir / "drive/resume").glob("*.pt"))
+
+
+def test_mirror_works_where_chmod_is_refused(tmp_path, monkeypatch, caplog):
+    """Google Drive's FUSE mount may refuse chmod: the mirror copy must still be written."""
+    from newllm.config import ResumeConfig
+    from newllm.resume import ResumeStore
+
+    def refuse(*a):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    cfg = ResumeConfig(dir=str(tmp_path / "resume"), mirror_dir=str(tmp_path / "drive" / "resume"))
+    ResumeStore(cfg, "phase1", "fp").save({"x": torch.arange(3.0)})
+    assert "could not mirror" not in caplog.text
+    (tmp_path / "resume" / "phase1.pt").unlink()
+    caplog.set_level("INFO")
+    state = ResumeStore(cfg, "phase1", "fp").load()
+    assert torch.equal(state["x"], torch.arange(3.0)) and "resuming from" in caplog.text

@@ -43,7 +43,10 @@ def _atomic_write(path: str | Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give outputs the usual mode
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give outputs the usual mode
+        except OSError:  # some FUSE mounts (e.g. Google Drive on Colab) refuse chmod: keep 0600
+            pass
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
