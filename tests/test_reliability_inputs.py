@@ -98,7 +98,11 @@ CASES = [
                  [TOKENS, "outside the vocabulary [0, 1000)", "model.vocab_size"], id="vocab-smaller-than-tokenizer"),
     pytest.param(P1, save(TOKENS, lambda o: tokens([], [0])), [TOKENS, "holds no tokens: the dataset is empty"],
                  id="tokens-empty-dataset"),
+    pytest.param(VAL, save("data/tokens/val.pt", lambda o: tokens([15496], [0, 1])),
+                 ["data/tokens/val.pt holds 1 token", "needs at least 2", "data.val_fraction"], id="tokens-one-token"),
     # raw conversations (tokenize_cache reads what fetch_ultrachat wrote)
+    pytest.param(TOK, write("data/raw/val.jsonl", b'{"messages": [{"role": "user", "content": "Hello"}]}\n'),
+                 ["data/raw/val.jsonl gives 1 token", "at least 2 per split"], id="raw-one-token"),
     pytest.param(TOK, write("data/raw/train.jsonl", b'{"messages": [{"role": "user", "content": "hi"}]}\n'
                                                     b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n'),
                  ["data/raw/train.jsonl line 2 is not UTF-8", "fetch_ultrachat"], id="raw-not-utf8"),

@@ -30,15 +30,16 @@ def _is_num(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-def _numeric_string_hint(v: Any) -> str:
-    """YAML 1.1 (PyYAML) reads ``1e-3`` as a string: say how to write it as a number."""
+def _numeric_string_hint(v: Any, whole: bool = False) -> str:
+    """A number that reached us as a string: quoted, or ``1e-3`` (YAML 1.1, as PyYAML reads
+    it, needs a decimal point in exponent floats). Say how to write it."""
     if isinstance(v, str):
         try:
             float(v)
         except ValueError:
             return ""
-        return (f" (YAML read {v!r} as a string; write a number without quotes and with a "
-                f"decimal point, e.g. 1.0e-3)")
+        how = "without quotes" if whole else "without quotes and with a decimal point, e.g. 1.0e-3"
+        return f" (YAML read {v!r} as a string; write the number {how})"
     return ""
 
 
@@ -46,7 +47,7 @@ def integer(lo: int | None = None, hi: int | None = None) -> Callable[[Any], str
     def check(v: Any) -> str | None:
         rng = f"an integer{f' >= {lo}' if lo is not None else ''}{f' and <= {hi}' if hi is not None else ''}"
         if not _is_int(v):
-            return rng + _numeric_string_hint(v)
+            return rng + _numeric_string_hint(v, whole=True)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             return rng
         return None

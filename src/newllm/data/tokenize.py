@@ -174,6 +174,10 @@ def run(cfg: Config, raw_dir: Path = paths.RAW_TRAIN.parent,
         "skipped_rows": {"total": sum(fetch_info["skipped"].values()), **fetch_info["skipped"]}}
     for split in ("train", "val"):
         sets[split], short = tokenize_texts(tok, texts[split], max_len)
+        if sets[split].num_tokens < 2:
+            raise DataError(f"{raw_dir / f'{split}.jsonl'} gives {sets[split].num_tokens} token; every later "
+                            f"stage needs at least 2 per split: raise data.num_samples or data.val_fraction, "
+                            f"or use longer conversations")
         metrics[split] = _split_metrics(sets[split], short)
     for split in ("train", "val"):
         save_token_set(sets[split], Path(tokens_dir) / f"{split}.pt")

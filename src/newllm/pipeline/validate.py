@@ -10,7 +10,7 @@ from .. import paths
 from ..config import STAGE_SECTIONS, Config, Phase1Config
 from ..data.tokens import load_token_set
 from ..engine import Schedule
-from ..errors import CheckpointError, NewLLMError
+from ..errors import CheckpointError, DataError, NewLLMError
 from ..io import atomic_write_json, atomic_write_text, torch_load
 from ..phase1 import embed_all, frozen_passes
 from ..rank import context_report, effective_rank, gaussian_er, singular_values
@@ -42,6 +42,10 @@ def run(cfg: Config) -> dict:
     mcfg, p1 = model.cfg, Phase1Config(**side["config"]["phase1"])
     train = load_token_set(paths.TOKENS_TRAIN, mcfg.vocab_size)
     val = load_token_set(paths.TOKENS_VAL, mcfg.vocab_size)
+    for path, ts in ((paths.TOKENS_TRAIN, train), (paths.TOKENS_VAL, val)):
+        if ts.num_tokens < 2:  # one context has no pairwise cosine and no meaningful rank
+            raise DataError(f"token cache {path} holds {ts.num_tokens} token; validate_rank needs at least 2 "
+                            f"per split: raise data.num_samples or data.val_fraction")
     tc = load_contexts(paths.CONTEXTS_TRAIN, train.num_tokens, mcfg.context_dim)
     vc = load_contexts(paths.CONTEXTS_VAL, val.num_tokens, mcfg.context_dim)
     seed = int(side["config"]["seed"])
