@@ -9,11 +9,12 @@ import sys
 
 import torch
 
-from newllm.config import ModelConfig, Phase1Config
+from newllm.config import ModelConfig, Phase1Config, Phase2Config
 from newllm.data.tokens import TokenSet
 from newllm.dist import init_from_env, shutdown
 from newllm.model import build_model
 from newllm.phase1 import Phase1Trainer
+from newllm.phase2 import Phase2Trainer
 from newllm.runtime import Runtime
 
 TINY = ModelConfig(context_dim=8, embed_dim=6, num_layers=2, vocab_size=50)
@@ -37,11 +38,24 @@ def run_phase1(dist) -> dict:
             "carry": state["carry"], "mu": state["mu"], "steps": state["steps"]}
 
 
+def run_phase2(dist) -> dict:
+    ts, vs = tokens(), tokens()
+    model = build_model(TINY, seed=1)
+    cfg = Phase2Config(epochs=2, batch_tokens=10, chunk_tokens=3)
+    tr = Phase2Trainer(model, ts.tokens, ts.offsets, vs.tokens, vs.offsets, cfg, "sample",
+                       Runtime(torch.device("cpu"), "fp32"), dist=dist)
+    grads = []
+    tr.grad_sink = lambda g: grads.append(torch.cat([t.flatten() for t in g]))
+    tr.run()
+    return {"grads": torch.stack(grads), "layers": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "history": tr.state.history, "steps": tr.state.steps}
+
+
 def main() -> None:
     torch.set_num_threads(1)
     phase, out = sys.argv[1], sys.argv[2]
     dist = init_from_env("cpu")
-    result = {"phase1": run_phase1}[phase](dist)
+    result = {"phase1": run_phase1, "phase2": run_phase2}[phase](dist)
     if dist.main:
         torch.save(result, out)
     shutdown(dist)

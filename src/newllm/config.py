@@ -335,7 +335,7 @@ STAGE_SECTIONS: dict[str, list[str]] = {
     "tokenize_cache": ["data"],
     "phase1_fixed_point": ["model", "phase1", "runtime", "resume", "dist"],
     "validate_rank": ["validate", "runtime"],
-    "phase2_lm": ["phase2", "runtime", "resume"],
+    "phase2_lm": ["phase2", "runtime", "resume", "dist"],
     "report": ["report"],
 }
 

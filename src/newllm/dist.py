@@ -40,13 +40,24 @@ class Dist:
         return t
 
     def sum_floats(self, *vals: float) -> list[float]:
+        return self._reduce_floats(vals, tdist.ReduceOp.SUM if self.active else None)
+
+    def max_floats(self, *vals: float) -> list[float]:
+        return self._reduce_floats(vals, tdist.ReduceOp.MAX if self.active else None)
+
+    def _reduce_floats(self, vals, op) -> list[float]:
         t = torch.tensor(vals, dtype=torch.float64)
         if self.active:
             # gloo reduces CPU tensors, nccl CUDA tensors
             dev = torch.device("cuda", torch.cuda.current_device()) if tdist.get_backend() == "nccl" else "cpu"
             t = t.to(dev)
-            tdist.all_reduce(t)
+            tdist.all_reduce(t, op=op)
         return t.cpu().tolist()
+
+    def memory(self, mem: dict) -> dict:
+        """Peak memory figures as the maximum over ranks (collective), plus the world size."""
+        keys = sorted(mem)
+        return {**dict(zip(keys, self.max_floats(*(mem[k] for k in keys)))), "world_size": self.world}
 
     def barrier(self) -> None:
         if self.active:

@@ -41,6 +41,7 @@ Semantics
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -48,8 +49,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .config import Phase2Config
+from .dist import SINGLE, Dist
 from .engine import Schedule, batch_ranges, chunks, scan
 from .errors import NumericalError
 from .model import CVFPModel
@@ -194,38 +197,74 @@ class Phase2State:
     best_val_loss: float = float("inf")
 
 
+class _LMLoss(nn.Module):
+    """The summed CE of a chunk as one module, so DDP can wrap every trained parameter."""
+
+    def __init__(self, model: CVFPModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, h, c_in, x, targets, cd):
+        """``h`` given (frozen features): the head only; else ``F(c_in, x)`` first."""
+        m = self.model
+        unused = None
+        if h is None:
+            c, x2 = m.step(c_in, x)
+            h, unused = (x2, c) if m.head_from == "token" else (c, x2)
+        ce = LinearCrossEntropy.apply(h, m.head.weight, m.head.bias, targets, cd)
+        return ce, unused
+
+
 class Phase2Trainer:
     def __init__(self, model: CVFPModel, train_tokens: torch.Tensor, train_offsets: torch.Tensor,
                  val_tokens: torch.Tensor, val_offsets: torch.Tensor, cfg: Phase2Config, stream: str,
-                 rt: Runtime, embeddings_frozen: bool | None = None):
-        self.model, self.cfg, self.rt, self.stream = model, cfg, rt, stream
+                 rt: Runtime, embeddings_frozen: bool | None = None, dist: Dist = SINGLE):
+        self.model, self.cfg, self.rt, self.stream, self.dist = model, cfg, rt, stream, dist
         dev = rt.device
         if embeddings_frozen is None:
             embeddings_frozen = model.embeddings_source != "random"
         self.embeddings_frozen = embeddings_frozen
         # the embedding changes during training only when it trains
         self.x_fixed = cfg.freeze_context or embeddings_frozen
-        self.train = self._split(train_tokens, train_offsets, dev)
-        self.val = self._split(val_tokens, val_offsets, dev)
+        self.train = self._split(train_tokens, train_offsets, dev, shard=dist.active)
+        self.val = self._split(val_tokens, val_offsets, dev)  # every rank validates on all of it
         self.params = trainable_parameters(model, cfg.freeze_context, embeddings_frozen)
+        trained = {id(p) for p in self.params}
+        for p in model.parameters():  # only what trains takes gradients (and DDP's all-reduce)
+            p.requires_grad_(id(p) in trained)
+        self.loss_module = _LMLoss(model)
+        self.ddp = DDP(self.loss_module) if dist.active else None
         self.opt = torch.optim.Adam(self.params, lr=cfg.learning_rate)
         self.scaler = rt.grad_scaler()
         self.state = Phase2State()
         self.features: torch.Tensor | None = None   # freeze_context: head inputs of the targets
         self.grad_sink = None  # tests: callable(list of grads) before each step
 
-    def _split(self, tokens: torch.Tensor, offsets: torch.Tensor, dev: torch.device) -> dict:
+    def _split(self, tokens: torch.Tensor, offsets: torch.Tensor, dev: torch.device, shard: bool = False) -> dict:
+        """Schedule, targets and target counts of a token set. With ``shard`` (data parallel),
+        ``sched`` holds this rank's streams; ``cum`` maps global schedule ranges to local ones
+        and ``global_tcount`` counts the targets of global ranges (the loss normaliser)."""
         tokens = tokens.long()
-        sched = Schedule.build(offsets, self.stream)
+        global_sched = Schedule.build(offsets, self.stream)
         tgt = next_token_targets(tokens, offsets, self.stream)
-        tgt_sched = tgt[sched.order]
-        has = tgt_sched >= 0
-        tcount = torch.zeros(sched.num_tokens + 1, dtype=torch.long)
-        tcount[1:] = torch.cumsum(has.long(), 0)
+
+        def counts(sched: Schedule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            tgt_sched = tgt[sched.order]
+            has = tgt_sched >= 0
+            tcount = torch.zeros(sched.num_tokens + 1, dtype=torch.long)
+            tcount[1:] = torch.cumsum(has.long(), 0)
+            return tgt_sched[has], has, tcount
+
+        sched, cum = global_sched, None
+        if shard:
+            sched, cum = global_sched.shard(self.dist.rank, self.dist.world)
+        tgt_list, has, tcount = counts(sched)
+        global_tcount = tcount if cum is None else counts(global_sched)[2]
         tokens = tokens.to(dev)
         x = embed_all(self.model, tokens, dev) if self.x_fixed else None
-        return {"tokens": tokens, "sched": sched, "tgt_list": tgt_sched[has].to(dev), "has": has,
-                "tcount": tcount, "num_targets": int(tcount[-1]), "x": x}
+        return {"tokens": tokens, "sched": sched, "tgt_list": tgt_list.to(dev), "has": has,
+                "tcount": tcount, "num_targets": int(global_tcount[-1]), "x": x, "cum": cum,
+                "global_tcount": global_tcount, "num_tokens": global_sched.num_tokens}
 
     # -- pieces ---------------------------------------------------------------------------------
     def _x_of(self, split: dict):
@@ -297,7 +336,7 @@ class Phase2Trainer:
     def run_epoch(self, e: int) -> EpochRecord:
         """Train epoch ``e`` (0-based) and validate; returns its record (``epoch`` is 1-based)."""
         cfg, tr, st = self.cfg, self.train, self.state
-        n = tr["sched"].num_tokens
+        n = tr["num_tokens"]
         if cfg.freeze_context and self.features is None:
             self.features = self._compute_features()
         carry = self._carry(tr)
@@ -308,6 +347,7 @@ class Phase2Trainer:
         for p0, p1 in batch_ranges(n, cfg.batch_tokens):
             ce_sum += self._train_batch(p0, p1, carry, e)
             prog.update(p1 - p0)
+        ce_sum = self.dist.sum_floats(ce_sum)[0]
         train_loss = ce_sum / max(tr["num_targets"], 1)
         val_loss, val_acc = self.evaluate(e)
         el = time.perf_counter() - t0
@@ -322,9 +362,13 @@ class Phase2Trainer:
         return rec
 
     def _train_batch(self, p0: int, p1: int, carry: torch.Tensor, e: int) -> float:
-        tr, model = self.train, self.model
+        """One optimizer step on the global schedule range [p0, p1) (every rank calls it; a rank
+        computes the tokens of its own streams). Returns this rank's summed CE."""
+        tr, model, dist = self.train, self.model, self.dist
+        nt = int(tr["global_tcount"][p1]) - int(tr["global_tcount"][p0])  # targets of the whole batch
+        if tr["cum"] is not None:
+            p0, p1 = int(tr["cum"][p0]), int(tr["cum"][p1])
         t0, t1 = int(tr["tcount"][p0]), int(tr["tcount"][p1])
-        nt = t1 - t0
         if self.features is None:
             # no-grad scan: each token's input context (and the carry for the next batch)
             out = scan(model.step, tr["sched"], p0, p1, carry, self._x_of(tr), autocast=self.rt.autocast())
@@ -333,27 +377,34 @@ class Phase2Trainer:
             flat = tr["sched"].order[p0:p1].to(self.rt.device)[sel]
         if nt == 0:
             return 0.0
-        targets = tr["tgt_list"][t0:t1]  # the batch's targets, schedule order
+        targets = tr["tgt_list"][t0:t1]  # this rank's targets of the batch, schedule order
         self.opt.zero_grad(set_to_none=True)
         ce_total = 0.0
-        head, cd = model.head, HALF.get(self.rt.precision)
-        for a, b in chunks(nt, self.cfg.chunk_tokens):
+        cd = HALF.get(self.rt.precision)
+        # a rank without targets in this batch still takes part in the gradient all-reduce
+        spans = list(chunks(t1 - t0, self.cfg.chunk_tokens)) or [(0, 0)]
+        for i, (a, b) in enumerate(spans):
             if self.features is not None:
-                h = self.features[t0 + a:t0 + b]
+                h, c, x = self.features[t0 + a:t0 + b], None, None
             else:
                 idx = flat[a:b]
+                h, c = None, c_in[a:b]
                 x = tr["x"][idx] if tr["x"] is not None else model.embed_tokens(tr["tokens"][idx])
+            sync = contextlib.nullcontext() if (self.ddp is None or i == len(spans) - 1) else self.ddp.no_sync()
+            with sync:
                 with self.rt.autocast():
-                    c, x2 = model.step(c_in[a:b], x)
-                h = x2 if model.head_from == "token" else c
-            ce = LinearCrossEntropy.apply(h, head.weight, head.bias, targets[a:b], cd)
-            ce_val = float(ce.detach())
-            if not math.isfinite(ce_val):
-                raise NumericalError(
-                    f"phase2 epoch {e + 1}: non-finite train loss (NaN/Inf) at schedule tokens {p0}-{p1} "
-                    f"(cross-entropy sum {ce_val}); the last good checkpoint is kept")
-            loss = ce / nt
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+                    ce, unused = (self.ddp or self.loss_module)(h, c, x, targets[a:b], cd)
+                ce_val = float(ce.detach())
+                if not math.isfinite(ce_val):
+                    raise NumericalError(
+                        f"phase2 epoch {e + 1}: non-finite train loss (NaN/Inf) at schedule tokens {p0}-{p1} "
+                        f"(cross-entropy sum {ce_val}); the last good checkpoint is kept")
+                loss = ce / nt
+                if self.ddp is not None:  # DDP averages over ranks (we want the sum); every
+                    loss = loss * dist.world  # parameter takes part in each synchronised backward
+                    if unused is not None:
+                        loss = loss + 0.0 * unused.float().sum()
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             ce_total += ce_val
             del h, ce, loss
         if self.scaler:

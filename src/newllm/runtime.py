@@ -67,6 +67,11 @@ def peak_memory(device: torch.device) -> dict:
     return out
 
 
+def merge_peaks(earlier: dict, now: dict) -> dict:
+    """Peak figures: the larger of an earlier reading (e.g. the max over ranks) and now."""
+    return {**earlier, **{k: max(v, earlier.get(k, 0.0)) for k, v in now.items()}}
+
+
 class Progress:
     """Logs tokens done/total, tokens/s and ETA at most every ``every`` seconds."""
 

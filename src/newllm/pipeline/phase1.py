@@ -18,7 +18,7 @@ from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, read_j
 from ..model import build_model, load_model_state
 from ..phase1 import Phase1Trainer, embed_all, frozen_passes, relative_change
 from ..resume import ResumeStore, fingerprint, first_non_finite
-from ..runtime import Runtime, oom_advice, peak_memory
+from ..runtime import Runtime, merge_peaks, oom_advice, peak_memory
 
 log = logging.getLogger(__name__)
 SECTIONS = STAGE_SECTIONS["phase1_fixed_point"]
@@ -88,6 +88,7 @@ def run(cfg: Config) -> dict:
                                  f"model.layernorm_mix: 1.0 (LayerNorm bounds the contexts) or "
                                  f"runtime.precision: fp32.") from None
         final = trainer.state_dict()  # the global view (collective)
+        memory = dist.memory(peak_memory(rt.device))
         if not dist.main:
             shutdown(dist)
             return {}
@@ -136,7 +137,7 @@ def run(cfg: Config) -> dict:
         "time_s": round(train_time, 2),
         "tokens_per_s": round(train.num_tokens * len(train_passes) / train_s, 1) if train_s > 0 else None,
         "device": rt.device.type, "precision": rt.precision,
-        **peak_memory(rt.device),
+        **merge_peaks(memory, peak_memory(rt.device)),
     }
     atomic_write_json(paths.PHASE1_METRICS, metrics)
     store.clear()

@@ -21,19 +21,22 @@ import dataclasses
 import logging
 import time
 
+import torch
+
 from .. import paths
 from ..baselines import baselines
 from ..config import Config
 from ..data.tokens import load_token_set
+from ..dist import init_from_env, shutdown
 from ..errors import CheckpointError, NumericalError
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json, state_dict_digest
 from ..phase2 import EpochRecord, Phase2Trainer, ppl, prepare_head
 from ..resume import ResumeStore, first_non_finite, fingerprint
-from ..runtime import Runtime, oom_advice, peak_memory
+from ..runtime import Runtime, merge_peaks, oom_advice, peak_memory
 from .phase1 import history_csv, load_checkpoint
 
 log = logging.getLogger(__name__)
-SECTIONS = ["phase2", "runtime", "resume"]
+SECTIONS = ["phase2", "runtime", "resume", "dist"]
 CSV_COLUMNS = ["epoch", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_acc", "optimizer_steps",
                "time_s", "tokens_per_s", "unigram_ppl", "bigram_ppl"]
 
@@ -74,6 +77,7 @@ def _r(v: float, nd: int = 6) -> float:
 
 def run(cfg: Config) -> dict:
     t_start = time.perf_counter()
+    dist = init_from_env("cuda" if cfg.runtime.device != "cpu" and torch.cuda.is_available() else "cpu")
     rt = Runtime.from_config(cfg.runtime)
     gate = check_gate()
     model, side = load_checkpoint(rt)
@@ -97,10 +101,10 @@ def run(cfg: Config) -> dict:
         m, _ = load_checkpoint(rt)
         prepare_head(m, p2.predict_from, cfg.seed)
         return Phase2Trainer(m, train.tokens, train.offsets, val.tokens, val.offsets, p2, stream, rt,
-                             embeddings_frozen=embeddings_frozen)
+                             embeddings_frozen=embeddings_frozen, dist=dist)
 
     trainer = Phase2Trainer(model, train.tokens, train.offsets, val.tokens, val.offsets, p2, stream, rt,
-                            embeddings_frozen=embeddings_frozen)
+                            embeddings_frozen=embeddings_frozen, dist=dist)
     tokens_digest = state_dict_digest({"t": train.tokens, "o": train.offsets, "vt": val.tokens, "vo": val.offsets})
     fp = fingerprint({k: v for k, v in cfg.section_dict("phase2").items() if k != "checkpoint_every"},
                      cfg.runtime.precision, cfg.seed, side.get("model_digest"), tokens_digest)
@@ -146,7 +150,8 @@ def run(cfg: Config) -> dict:
                  trainer.state.steps)
         best = best_store.load()
         if best is not None and best.get("epoch") == trainer.state.best_epoch:
-            write_best(best["checkpoint"], best["sidecar"])
+            if dist.main:
+                write_best(best["checkpoint"], best["sidecar"])
         elif best is not None and int(best.get("epoch", 0)) > trainer.state.best_epoch:
             pass  # saved after the rolling checkpoint: the re-run epochs find (and rewrite) it again
         elif trainer.state.best_epoch:
@@ -157,6 +162,8 @@ def run(cfg: Config) -> dict:
     saved = {"epoch": trainer.state.epochs_done if resumed is not None else None}
 
     def on_epoch_end(tr: Phase2Trainer, rec: EpochRecord, improved: bool) -> None:
+        if not dist.main:  # every rank holds the same weights; rank 0 alone writes
+            return
         if improved:
             obj, meta = payload(tr), sidecar(tr, rec.as_row())
             write_best(obj, meta)
@@ -172,6 +179,10 @@ def run(cfg: Config) -> dict:
         except NumericalError as e:
             raise NumericalError(f"{e}. {_kept(store, saved['epoch'])} Try a lower phase2.learning_rate or "
                                  f"runtime.precision: fp32.") from None
+    memory = dist.memory(peak_memory(rt.device))
+    if not dist.main:
+        shutdown(dist)
+        return {}
     bad = first_non_finite({k: v for k, v in model_state(trainer).items()})
     if bad is not None:
         raise NumericalError(f"phase2: NaN/Inf in the model weights ({bad}) after epoch {state.epochs_done}. "
@@ -205,11 +216,12 @@ def run(cfg: Config) -> dict:
         "freeze_context": p2.freeze_context, "predict_from": p2.predict_from, "stream": stream,
         "phase1_passed_validation": bool(gate["passed"]),
         "precision": rt.precision, "device": rt.device.type,
-        **peak_memory(rt.device),
+        **merge_peaks(memory, peak_memory(rt.device)),
     }
     atomic_write_json(paths.PHASE2_METRICS, metrics)
     store.clear()
     best_store.clear()
+    shutdown(dist)
     log.info("phase2 done: %d epochs, %d optimizer steps, val loss %.4f (ppl %.1f, acc %.2f%%) vs unigram ppl "
              "%.1f / bigram ppl %.1f; best epoch %d; %.1fs", state.epochs_done, state.steps, last["val_loss"],
              last["val_ppl"], 100 * last["val_acc"], base["unigram_ppl"], base["bigram_ppl"], state.best_epoch,
