@@ -391,8 +391,8 @@ def build_html(df, others: list[dict], exps: dict, title: str = "new-llm: compar
                                      exp_rows_html, "criteria")
                              + '<p class="note">An exponent near 1 is linear scaling in the number of training '
                                'tokens (with the same number of passes/epochs; early stopping changes the work '
-                               'per run). Stage time includes start-up (imports, model build), which '
-                               'flattens the exponent at small scales. fetch_ultrachat, tokenize_cache and '
+                               'per run). A stage\'s time_s includes its set-up (loading inputs, building the model), '
+                               'which flattens the exponent at small scales. fetch_ultrachat, tokenize_cache and '
                                'report do not record timings; bench/bench_scaling.py measures every stage.'
                                '</p>'))
     if others:
