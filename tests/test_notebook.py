@@ -46,6 +46,7 @@ def test_notebook_runs_top_to_bottom_and_a_new_session_restores_from_drive(tmp_p
     print(f"notebook executed in {time.monotonic() - t0:.0f}s")
 
     assert "Colab: False" in text and "not on Colab" in text
+    assert "nothing saved on Drive yet: a fresh start" in text
     assert (repo.path / "reports/report.html").stat().st_size > 10_000
     # both scales are experiments; the comparison covers them
     assert {"scale-6", "scale-8"} <= set(repo.dvc("exp", "list", "--name-only").stdout.split())
@@ -70,6 +71,7 @@ def test_notebook_runs_top_to_bottom_and_a_new_session_restores_from_drive(tmp_p
     text = output_text(execute(again, drive, monkeypatch))
     print(f"second session in {time.monotonic() - t0:.0f}s")
     assert "Running stage" not in text, text[-3000:]
+    assert "restored" in text and "2 experiments from" in text
     assert "scale-6: done in an earlier session" in text and "scale-8: done in an earlier session" in text
     assert {"scale-6", "scale-8"} <= set(DvcRepo(again).dvc("exp", "list", "--name-only").stdout.split())
     for rel in ("models/model_latest.pt", "models/phase1.pt", "data/tokens/train.pt", "reports/report.html"):
