@@ -82,62 +82,73 @@ def next_token_targets(tokens: torch.Tensor, offsets: torch.Tensor, stream: str)
 
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CE_ROWS = 256  # rows of logits upcast at a time for the softmax (bounds the fp32 temporaries)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """``sum_i CE(h_i W^T + b, y_i)`` with one ``(n, V)`` buffer instead of four.
+    """``sum_i CE(h_i W^T + b, y_i)`` holding one ``(n, V)`` buffer instead of four.
 
-    The forward computes the logits (matmul in ``compute_dtype``, softmax in fp32 or the
-    parameters' dtype), the summed loss and, in the same buffer and in place, its gradient
-    with respect to the logits (``softmax - onehot``); the backward only multiplies that
-    buffer into the input/weight/bias gradients. Mathematically ``F.cross_entropy(head(h),
-    y, reduction="sum")``; it exists because the chunk x vocabulary logits and their
-    gradient dominate Phase 2's memory.
+    The forward computes the logits (matmul in ``compute_dtype``), the summed loss (softmax
+    in fp32, or in the parameters' dtype when that is wider, ``CE_ROWS`` rows at a time)
+    and, in the same buffer and in place, its gradient with respect to the logits
+    (``softmax - onehot``); the backward only multiplies that buffer into the
+    input/weight/bias gradients. Mathematically ``F.cross_entropy(head(h), y,
+    reduction="sum")``; it exists because the chunk x vocabulary logits, their log-softmax
+    and their gradients dominate Phase 2's memory.
     """
 
     @staticmethod
     def forward(ctx, h, weight, bias, target, compute_dtype):
         with torch.autocast(h.device.type, enabled=False):
             cd = compute_dtype or weight.dtype
-            acc = weight.dtype if cd not in (torch.bfloat16, torch.float16) else torch.float32
             hc, wc = h.to(cd), weight.to(cd)
-            z = torch.addmm(bias.to(cd), hc, wc.t()).to(acc)     # (n, V) logits
-            loss, z = _ce_in_place(z, target, grad=True)           # z: d loss / d logits
-            g = z.to(cd)
-            del z
-        ctx.save_for_backward(hc, wc, g)
+            z = torch.addmm(bias.to(cd), hc, wc.t())   # (n, V) logits
+            loss = _ce_rows(z, target, grad=True)       # z is now d loss / d logits
+        ctx.save_for_backward(hc, wc, z)
         ctx.dtypes = (h.dtype, weight.dtype, bias.dtype)
-        return loss
+        return loss.to(weight.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
         hc, wc, g = ctx.saved_tensors
         h_dt, w_dt, b_dt = ctx.dtypes
-        s = grad_loss.to(torch.float32 if g.dtype in (torch.bfloat16, torch.float16) else g.dtype)
         gh = gw = gb = None
         with torch.autocast(g.device.type, enabled=False):
             if ctx.needs_input_grad[0]:
-                gh = (g @ wc).to(h_dt).mul_(s.to(h_dt))
+                gh = (g @ wc).to(h_dt).mul_(grad_loss.to(h_dt))
             if ctx.needs_input_grad[1]:
-                gw = (g.t() @ hc).to(w_dt).mul_(s.to(w_dt))
-            if ctx.needs_input_grad[2]:
-                gb = g.sum(0, dtype=b_dt).mul_(s.to(b_dt))
+                gw = (g.t() @ hc).to(w_dt).mul_(grad_loss.to(w_dt))
+            if ctx.needs_input_grad[2]:  # row blocks: a dtype= sum would upcast all of g at once
+                gb = torch.zeros(g.shape[1], dtype=b_dt, device=g.device)
+                for r0 in range(0, g.shape[0], CE_ROWS):
+                    gb += g[r0:r0 + CE_ROWS].sum(0, dtype=b_dt)
+                gb.mul_(grad_loss.to(b_dt))
         return gh, gw, gb, None, None
 
 
-def _ce_in_place(z: torch.Tensor, target: torch.Tensor, grad: bool = False):
-    """Summed CE of logits ``z`` (n, V) overwriting ``z``: with ``grad`` it becomes
-    ``softmax(z) - onehot(target)``. Returns (loss tensor, z)."""
-    rows = torch.arange(z.shape[0], device=z.device)
-    picked = z[rows, target]
-    m = z.amax(1, keepdim=True)
-    z.sub_(m).exp_()
-    tot = z.sum(1, keepdim=True)
-    loss = ((m + tot.log()).squeeze(1) - picked).sum()
-    if grad:
-        z.div_(tot)
-        z[rows, target] -= 1
-    return loss, z
+def _ce_rows(z: torch.Tensor, target: torch.Tensor, grad: bool = False) -> torch.Tensor:
+    """Summed CE of logits ``z`` (n, V), ``CE_ROWS`` rows at a time in fp32 (or ``z``'s dtype
+    when wider). Overwrites ``z``: with ``grad`` it becomes ``softmax(z) - onehot(target)``
+    in ``z``'s own dtype."""
+    acc = torch.float32 if z.dtype in (torch.bfloat16, torch.float16) else z.dtype
+    loss = torch.zeros((), dtype=acc, device=z.device)
+    for r0 in range(0, z.shape[0], CE_ROWS):
+        r1 = min(r0 + CE_ROWS, z.shape[0])
+        zs = z[r0:r1]
+        zb = zs.to(acc)  # the same memory when z is already fp32/fp64
+        rows = torch.arange(r1 - r0, device=z.device)
+        t = target[r0:r1]
+        picked = zb[rows, t]
+        m = zb.amax(1, keepdim=True)
+        zb.sub_(m).exp_()
+        tot = zb.sum(1, keepdim=True)
+        loss += ((m + tot.log()).squeeze(1) - picked).sum()
+        if grad:
+            zb.div_(tot)
+            zb[rows, t] -= 1
+            if zb.data_ptr() != zs.data_ptr():
+                zs.copy_(zb)
+    return loss
 
 
 def ppl(loss: float) -> float:
@@ -440,9 +451,8 @@ class Phase2Trainer:
                 tg = va["tgt_list"][t0 + a:t0 + b]
                 with self.rt.autocast():
                     z = model.head(feats[a:b])
-                z = z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
                 correct += int((z.argmax(1) == tg).sum())
-                ce_sum += float(_ce_in_place(z, tg)[0])
+                ce_sum += float(_ce_rows(z, tg))
                 del z
         model.train()
         nt = max(va["num_targets"], 1)
