@@ -70,6 +70,8 @@ def run(cfg: Config) -> dict:
     def on_pass(j: int, ctx: torch.Tensor) -> None:
         diffs.append(float((ctx - prev).norm(dim=1).mean()))
         prev.copy_(ctx)
+        log.info("convergence check pass %d/%d: mean |c_j - c_(j-1)| = %.6g", j + 1, v.convergence_passes,
+                 diffs[-1])
 
     with torch.no_grad():
         frozen_passes(model, sched, x, v.convergence_passes, rt, carry=carry, on_pass=on_pass)
