@@ -98,10 +98,11 @@ class LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, target, compute_dtype):
+    def forward(ctx, h, weight, bias, target, compute_dtype, weight_cast=None):
         with torch.autocast(h.device.type, enabled=False):
             cd = compute_dtype or weight.dtype
-            hc, wc = h.to(cd), weight.to(cd)
+            hc = h.to(cd)
+            wc = weight_cast if weight_cast is not None else weight.to(cd)  # the batch's cast, if given
             z = torch.addmm(bias.to(cd), hc, wc.t())   # (n, V) logits
             loss = _ce_rows(z, target, grad=True)       # z is now d loss / d logits
         ctx.save_for_backward(hc, wc, z)
@@ -123,7 +124,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 for r0 in range(0, g.shape[0], CE_ROWS):
                     gb += g[r0:r0 + CE_ROWS].sum(0, dtype=b_dt)
                 gb.mul_(grad_loss.to(b_dt))
-        return gh, gw, gb, None, None
+        return gh, gw, gb, None, None, None
 
 
 def _ce_rows(z: torch.Tensor, target: torch.Tensor, grad: bool = False) -> torch.Tensor:
@@ -183,6 +184,15 @@ def trainable_parameters(model: CVFPModel, freeze_context: bool, embeddings_froz
     return params
 
 
+def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam; the fused kernel where this torch has it for the parameters' device (one pass
+    over the 91M parameters instead of several: ~10x faster on CPU), else the default."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
 @dataclass
 class EpochRecord:
     epoch: int
@@ -215,14 +225,14 @@ class _LMLoss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, h, c_in, x, targets, cd):
+    def forward(self, h, c_in, x, targets, cd, w_cast=None):
         """``h`` given (frozen features): the head only; else ``F(c_in, x)`` first."""
         m = self.model
         unused = None
         if h is None:
             c, x2 = m.step(c_in, x)
             h, unused = (x2, c) if m.head_from == "token" else (c, x2)
-        ce = LinearCrossEntropy.apply(h, m.head.weight, m.head.bias, targets, cd)
+        ce = LinearCrossEntropy.apply(h, m.head.weight, m.head.bias, targets, cd, w_cast)
         return ce, unused
 
 
@@ -245,7 +255,7 @@ class Phase2Trainer:
             p.requires_grad_(id(p) in trained)
         self.loss_module = _LMLoss(model)
         self.ddp = DDP(self.loss_module) if dist.active else None
-        self.opt = torch.optim.Adam(self.params, lr=cfg.learning_rate)
+        self.opt = make_optimizer(self.params, cfg.learning_rate)
         self.scaler = rt.grad_scaler()
         self.state = Phase2State()
         self.features: torch.Tensor | None = None   # freeze_context: head inputs of the targets
@@ -290,8 +300,9 @@ class Phase2Trainer:
     def _head_inputs(self, split: dict, p0: int, p1: int, carry: torch.Tensor) -> torch.Tensor:
         """No-grad scan of schedule range [p0, p1): the head inputs of its targets (schedule order)."""
         token = self.model.head_from == "token"
-        out = scan(self.model.step, split["sched"], p0, p1, carry, self._x_of(split), keep_x=token,
-                   autocast=self.rt.autocast())
+        with self.rt.autocast():  # outer context: the weights' casts are cached for the whole scan
+            out = scan(self.model.step, split["sched"], p0, p1, carry, self._x_of(split), keep_x=token,
+                       autocast=self.rt.autocast())
         feats = out.x_out if token else out.c_out
         sel = torch.nonzero(split["has"][p0:p1]).squeeze(1).to(feats.device)
         return feats[sel].to(self.model.head.weight.dtype)
@@ -382,7 +393,8 @@ class Phase2Trainer:
         t0, t1 = int(tr["tcount"][p0]), int(tr["tcount"][p1])
         if self.features is None:
             # no-grad scan: each token's input context (and the carry for the next batch)
-            out = scan(model.step, tr["sched"], p0, p1, carry, self._x_of(tr), autocast=self.rt.autocast())
+            with self.rt.autocast():  # outer context: the weights' casts are cached for the whole scan
+                out = scan(model.step, tr["sched"], p0, p1, carry, self._x_of(tr), autocast=self.rt.autocast())
             sel = torch.nonzero(tr["has"][p0:p1]).squeeze(1).to(self.rt.device)
             c_in = out.c_in[sel]
             flat = tr["sched"].order[p0:p1].to(self.rt.device)[sel]
@@ -392,6 +404,8 @@ class Phase2Trainer:
         self.opt.zero_grad(set_to_none=True)
         ce_total = 0.0
         cd = HALF.get(self.rt.precision)
+        # the head weight in the compute dtype: cast once per batch, not per chunk
+        w_cast = model.head.weight.detach().to(cd) if cd is not None else None
         # a rank without targets in this batch still takes part in the gradient all-reduce
         spans = list(chunks(t1 - t0, self.cfg.chunk_tokens)) or [(0, 0)]
         for i, (a, b) in enumerate(spans):
@@ -404,7 +418,7 @@ class Phase2Trainer:
             sync = contextlib.nullcontext() if (self.ddp is None or i == len(spans) - 1) else self.ddp.no_sync()
             with sync:
                 with self.rt.autocast():
-                    ce, unused = (self.ddp or self.loss_module)(h, c, x, targets[a:b], cd)
+                    ce, unused = (self.ddp or self.loss_module)(h, c, x, targets[a:b], cd, w_cast)
                 ce_val = float(ce.detach())
                 if not math.isfinite(ce_val):
                     raise NumericalError(

@@ -95,7 +95,7 @@ def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
     boundary that holds a target. Returns the per-epoch train losses and the step count."""
     from torch.nn import functional as Fn
 
-    from .phase2 import next_token_targets, trainable_parameters
+    from .phase2 import make_optimizer, next_token_targets, trainable_parameters
 
     order = token_order(offsets.tolist(), stream)
     tokens = tokens.long()
@@ -103,7 +103,7 @@ def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
     tgt = next_token_targets(tokens, offsets, stream)
     params = trainable_parameters(model, cfg.freeze_context, embeddings_frozen)
     train_embed = not (cfg.freeze_context or embeddings_frozen)
-    opt = torch.optim.Adam(params, lr=cfg.learning_rate)
+    opt = make_optimizer(params, cfg.learning_rate)  # the trainer's (fused Adam where available)
     n_streams = max(j for _, j, _ in order) + 1
     b_size = n if (cfg.batch_tokens <= 0 or cfg.batch_tokens >= n) else cfg.batch_tokens
     has = [int(tgt[i]) >= 0 for i, _, _ in order]
