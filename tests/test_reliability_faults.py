@@ -22,11 +22,10 @@ from newllm import config as config_mod
 from newllm.errors import NumericalError
 from newllm.io import state_dict_digest, torch_load
 from newllm.resume import first_non_finite
-from reliability_helpers import (assert_clean_error, chain, copy_run, has_stage, load_json, run_chain, run_stage,
+from reliability_helpers import (assert_clean_error, chain, copy_run, load_json, run_chain, run_stage,
                                  snapshot, stable_csv, stable_metrics, write_params)
 
 P1, VAL, P2 = "phase1_fixed_point", "validate_rank", "phase2_lm"
-needs_phase2 = pytest.mark.skipif(not has_stage(P2), reason="phase2_lm not committed yet")
 
 
 def outputs(d: Path) -> dict[str, str]:
@@ -168,7 +167,6 @@ def test_validate_refuses_non_finite_phase1_outputs(prepared_run, tmp_path, pois
 # Phase 2
 
 
-@needs_phase2
 def test_phase2_nan_parameter_stops_and_the_rerun_resumes_to_the_same_result(prepared_run, tmp_path,
                                                                             monkeypatch, threads):
     from newllm.phase2 import Phase2Trainer

@@ -16,11 +16,10 @@ from newllm.config import ModelConfig
 from newllm.errors import CheckpointError
 from newllm.io import torch_load
 from newllm.model import build_model
-from reliability_helpers import (assert_clean_error, copy_run, has_stage, load_json, run_stage, snapshot,
+from reliability_helpers import (assert_clean_error, copy_run, load_json, run_stage, snapshot,
                                  write_params)
 
 P1, VAL, P2, FETCH, TOK = "phase1_fixed_point", "validate_rank", "phase2_lm", "fetch_ultrachat", "tokenize_cache"
-needs_phase2 = pytest.mark.skipif(not has_stage(P2), reason="phase2_lm not committed yet")
 
 
 # ---------------------------------------------------------------------------
@@ -112,14 +111,12 @@ CASES = [
                  id="raw-empty"),
     # the Phase 1 checkpoint, its sidecar and contexts
     pytest.param(VAL, truncate(CKPT), [CKPT, "corrupt or truncated", "re-run"], id="checkpoint-truncated"),
-    pytest.param(P2, truncate(CKPT, 0.9), [CKPT, "corrupt or truncated"], id="phase2-checkpoint-truncated",
-                 marks=needs_phase2),
+    pytest.param(P2, truncate(CKPT, 0.9), [CKPT, "corrupt or truncated"], id="phase2-checkpoint-truncated"),
     pytest.param(VAL, save(CKPT, with_state(other_model_state(context_dim=8))),
                  [CKPT, "does not fit the configured model", "shape mismatch", "another model size"],
                  id="checkpoint-other-model-size"),
     pytest.param(P2, save(CKPT, with_state(other_model_state(vocab_size=1000))),
-                 [CKPT, "does not fit the configured model", "embed.weight"], id="checkpoint-other-vocabulary",
-                 marks=needs_phase2),
+                 [CKPT, "does not fit the configured model", "embed.weight"], id="checkpoint-other-vocabulary"),
     pytest.param(VAL, save(CKPT, lambda ck: ck["model_state_dict"]), [CKPT, "has no model_state_dict"],
                  id="checkpoint-bare-state-dict"),
     pytest.param(VAL, save("data/contexts/val.pt", lambda o: {k: v[:, :8] for k, v in o.items()}),
@@ -128,7 +125,7 @@ CASES = [
     pytest.param(VAL, edit_json(SIDE, lambda s: s["config"]["model"].update(context_dim="16")),
                  [SIDE, "invalid config", "model.context_dim"], id="sidecar-invalid-config"),
     pytest.param(P2, lambda d: (d / "data/gate.json").unlink(), ["data/gate.json is missing", "dvc repro"],
-                 id="phase2-gate-missing", marks=needs_phase2),
+                 id="phase2-gate-missing"),
 ]
 
 
@@ -197,11 +194,9 @@ def test_damaged_parquet_is_a_clear_error(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.skipif(not has_stage("report"), reason="report not committed yet")
 def test_report_skips_a_section_whose_checkpoint_is_damaged(prepared_run, tmp_path):
     d = copy_run(prepared_run, tmp_path / "run")
-    if not (d / "models/model_latest.pt").exists():
-        pytest.skip("no Phase 2 checkpoint in the prepared run")
+    assert (d / "models/model_latest.pt").exists()
     truncate("models/model_latest.pt")(d)
     r = run_stage(d, "report")
     assert r.returncode == 0, repr(r)
@@ -259,7 +254,6 @@ def test_stage_refuses_a_checkpoint_carrying_code(prepared_run, tmp_path, stage,
     assert snapshot(d) == before
 
 
-@needs_phase2
 def test_generate_refuses_a_checkpoint_with_a_damaged_config(prepared_run, tmp_path):
     import subprocess
     import sys

@@ -9,13 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reliability_helpers import (assert_clean_error, copy_run, has_stage, run_stage, snapshot,
+from reliability_helpers import (assert_clean_error, copy_run, run_stage, snapshot,
                                  write_params)
 
 P1, VAL, FETCH, TOK = "phase1_fixed_point", "validate_rank", "fetch_ultrachat", "tokenize_cache"
 NAN, INF = float("nan"), float("inf")
-needs_phase2 = pytest.mark.skipif(not has_stage("phase2_lm"), reason="phase2_lm not committed yet")
-needs_report = pytest.mark.skipif(not has_stage("report"), reason="report not committed yet")
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
 
 # (stage, params: a dict merged into the tiny params, or the whole file as text, key, allowed)
@@ -81,11 +79,11 @@ CASES = [
                  id="validate-zero-pairs"),
     # phase2
     pytest.param("phase2_lm", {"phase2": {"predict_from": "hidden"}}, "phase2.predict_from",
-                 "one of 'token', 'context'", id="phase2-choice", marks=needs_phase2),
+                 "one of 'token', 'context'", id="phase2-choice"),
     pytest.param("phase2_lm", {"phase2": {"epochs": 0}}, "phase2.epochs", "an integer >= 1",
-                 id="phase2-zero-epochs", marks=needs_phase2),
+                 id="phase2-zero-epochs"),
     pytest.param("phase2_lm", {"phase2": {"learning_rate": -0.1}}, "phase2.learning_rate", "> 0",
-                 id="phase2-negative-lr", marks=needs_phase2),
+                 id="phase2-negative-lr"),
     # runtime
     pytest.param(P1, {"runtime": {"device": "tpu"}}, "runtime.device", "one of 'auto', 'cpu', 'cuda'",
                  id="runtime-device-choice"),
@@ -102,9 +100,9 @@ CASES = [
                  id="cross-mirror-is-dir"),
     # report
     pytest.param("report", {"report": {"prompts": "Hello"}}, "report.prompts", "a list of strings",
-                 id="report-string-for-list", marks=needs_report),
+                 id="report-string-for-list"),
     pytest.param("report", {"report": {"temperature": -1.0}}, "report.temperature", "a finite number >= 0",
-                 id="report-negative-temperature", marks=needs_report),
+                 id="report-negative-temperature"),
     # dist
     pytest.param(P1, {"dist": {"nproc": 0}}, "dist.nproc", "an integer >= 1", id="dist-zero"),
     # the file itself
@@ -130,7 +128,7 @@ def test_bad_params_stop_the_stage_before_any_work(prepared_run, tmp_path, stage
     before = snapshot(d)
     r = run_stage(d, stage, *args)
     assert_clean_error(r, key, allowed)
-    assert r.seconds < 15, repr(r)
+    assert " INFO " not in r.stderr, repr(r)  # stopped before the stage logged any work (no timing asserts)
     assert snapshot(d) == before  # nothing written, nothing changed
 
 
