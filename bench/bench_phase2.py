@@ -24,7 +24,9 @@ and Adam are O(N D) or O(params) per step and left out)::
 
 Beside the achieved GFLOP/s the script times ``torch.matmul`` at the shapes that
 dominate (``(1024 x D) @ (D x D)`` and ``(1024 x d_e) @ (d_e x V)``) in the same
-precision (median of a few runs) on this machine.
+precision (median of a few runs) on this machine, before and after training (the mean
+is reported; both are listed, since on a shared machine the load drifts), and the
+FLOP-weighted matmul-bound rate the epoch could reach at those speeds.
 """
 from __future__ import annotations
 
@@ -127,6 +129,10 @@ def main() -> None:
     cfg = Phase2Config(epochs=args.epochs, batch_tokens=args.batch_tokens, chunk_tokens=args.chunk_tokens)
     rt = Runtime(torch.device("cpu"), args.precision)
     rss_setup = rss_mb()
+    D, L, V, dh = mcfg.context_dim + mcfg.embed_dim, mcfg.num_layers, mcfg.vocab_size, mcfg.embed_dim
+    dt = DTYPES[args.precision]
+    # matmul rates before and after training: on a shared machine the load can drift
+    mm_before = (matmul_gflops(1024, D, D, dt), matmul_gflops(1024, dh, V, dt))
     tr = Phase2Trainer(model, train.tokens, train.offsets, val.tokens, val.offsets, cfg, "sample", rt)
     val_times: list[float] = []
     evaluate = tr.evaluate
@@ -143,7 +149,6 @@ def main() -> None:
     wall = time.perf_counter() - t0
     peak = rss_mb()
 
-    D, L, V, dh = mcfg.context_dim + mcfg.embed_dim, mcfg.num_layers, mcfg.vocab_size, mcfg.embed_dim
     N, T = train.num_tokens, tr.train["num_targets"]
     Nv, Tv = val.num_tokens, tr.val["num_targets"]
     f_L, f_H = 2 * L * D * D, 2 * dh * V
@@ -152,9 +157,9 @@ def main() -> None:
     epoch_s = statistics.median(h["time_s"] for h in tr.state.history)
     val_s = statistics.median(val_times)
     train_s = epoch_s - val_s
-    dt = DTYPES[args.precision]
-    mm_layer = matmul_gflops(1024, D, D, dt)
-    mm_head = matmul_gflops(1024, dh, V, dt)
+    mm_after = (matmul_gflops(1024, D, D, dt), matmul_gflops(1024, dh, V, dt))
+    mm_layer = (mm_before[0] + mm_after[0]) / 2
+    mm_head = (mm_before[1] + mm_after[1]) / 2
     # share of the FLOPs at each shape -> the matmul-bound rate this work could reach
     share_L = (N * f_L + T * 3 * f_L + Nv * f_L) / (flops_train + flops_val)
     bound = 1.0 / (share_L / mm_layer + (1 - share_L) / mm_head)
@@ -172,6 +177,8 @@ def main() -> None:
         "gflops_val": round(flops_val / val_s / 1e9, 1),
         "matmul_gflops_layer_1024x%dx%d" % (D, D): round(mm_layer, 1),
         "matmul_gflops_head_1024x%dx%d" % (dh, V): round(mm_head, 1),
+        "matmul_gflops_before_after": [round(v, 1) for v in (*mm_before, *mm_after)],
+        "load_average_1min_end": round(os.getloadavg()[0], 2),
         "matmul_bound_gflops": round(bound, 1),
         "peak_rss_mb": round(peak, 1), "rss_before_trainer_mb": round(rss_setup, 1),
         "wall_s": round(wall, 1),
