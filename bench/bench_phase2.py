@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from newllm.config import ModelConfig, Phase2Config  # noqa: E402
 from newllm.data.tokens import TokenSet  # noqa: E402
 from newllm.model import build_model, count_parameters  # noqa: E402
-from newllm.phase2 import Phase2Trainer  # noqa: E402
+from newllm.phase2 import Phase2Trainer, limit_heap_retention  # noqa: E402
 from newllm.runtime import Runtime  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "chat_sample.jsonl"
@@ -116,10 +116,13 @@ def main() -> None:
     ap.add_argument("--chunk-tokens", type=int, default=Phase2Config.chunk_tokens)
     ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="keep glibc's dynamic mmap threshold (the stage fixes it; see limit_heap_retention)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.threads:
         torch.set_num_threads(args.threads)
+    heap = "default glibc" if args.default_malloc else ("fixed 1 MB mmap threshold" if limit_heap_retention() else "default")
 
     mcfg = ModelConfig(context_dim=args.dim, embed_dim=args.dim, num_layers=args.layers)
     n_train = max(1, args.tokens // args.seq)
@@ -180,7 +183,7 @@ def main() -> None:
         "matmul_gflops_before_after": [round(v, 1) for v in (*mm_before, *mm_after)],
         "load_average_1min_end": round(os.getloadavg()[0], 2),
         "matmul_bound_gflops": round(bound, 1),
-        "peak_rss_mb": round(peak, 1), "rss_before_trainer_mb": round(rss_setup, 1),
+        "peak_rss_mb": round(peak, 1), "malloc": heap, "rss_before_trainer_mb": round(rss_setup, 1),
         "wall_s": round(wall, 1),
         "train_loss": [round(h["train_loss"], 4) for h in tr.state.history],
         "val_loss": [round(h["val_loss"], 4) for h in tr.state.history],

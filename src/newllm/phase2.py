@@ -42,8 +42,10 @@ Semantics
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -182,6 +184,21 @@ def trainable_parameters(model: CVFPModel, freeze_context: bool, embeddings_froz
             params += [model.embed.weight, *model.ln_e.parameters()]
     params += list(model.head.parameters())
     return params
+
+
+def limit_heap_retention(threshold: int = 1 << 20) -> bool:
+    """glibc only: serve every allocation of ``threshold`` bytes or more by mmap, so it goes back
+    to the OS when freed. By default glibc raises that threshold (up to 32 MB) as big blocks are
+    freed; Phase 2's chunk activations, whose sizes vary from batch to batch, then fragment the
+    heap. Measured over one 100k-token epoch (768/768/6, bf16, chunk 2048): peak RSS grew from
+    2.75 to 3.15 GB (3.35 GB for the whole stage); with a fixed 1 MB threshold it stays at
+    2.5 GB, for a few percent more time (page faults). Returns whether it was applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold)))  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
