@@ -75,6 +75,31 @@ def test_fused_linear_cross_entropy_equals_f_cross_entropy(dtype, cd, tol):
         assert a.dtype == b.dtype and torch.allclose(a, b, atol=tol, rtol=tol), (a, b)
 
 
+@pytest.mark.parametrize("block_bytes", [1, 4 * 11 * 3, 1 << 30])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_ce_rows_in_blocks_equals_cross_entropy_and_argmax(monkeypatch, block_bytes, dtype):
+    """Loss, top-1 hits and the in-place gradient do not depend on the row-block size;
+    ties count as hits only at the first maximal index (argmax's rule)."""
+    from torch.nn import functional as Fn
+
+    import newllm.phase2 as p2
+    monkeypatch.setattr(p2, "CE_BLOCK_BYTES", block_bytes)
+    g = torch.Generator().manual_seed(1)
+    z0 = torch.randn(10, 11, generator=g, dtype=torch.float64).to(dtype)
+    z0[0, 2] = z0[0, 7] = z0[0].max() + 1  # a tie: argmax is 2
+    y = torch.randint(0, 11, (10,), generator=g)
+    y[0], y[1] = 7, int(z0[1].argmax())
+    ref = z0.double()
+    z = z0.clone()
+    loss, hits = p2._ce_rows(z, y, grad=True)
+    want = Fn.cross_entropy(ref, y, reduction="sum")
+    grad = torch.softmax(ref, 1) - Fn.one_hot(y, 11).double()
+    tol = 1e-12 if dtype == torch.float64 else 1e-2
+    assert abs(float(loss) - float(want)) < tol * 10
+    assert int(hits) == int((ref.argmax(1) == y).sum()) and int(hits) >= 1  # row 1 is a hit, row 0 not
+    assert torch.allclose(z.double(), grad, atol=tol)
+
+
 def test_targets_stay_within_streams():
     ts = TokenSet.from_lists([[5, 6, 7], [8], [9, 10]])
     assert next_token_targets(ts.tokens, ts.offsets, "sample").tolist() == [6, 7, -1, -1, 10, -1]

@@ -84,74 +84,165 @@ def next_token_targets(tokens: torch.Tensor, offsets: torch.Tensor, stream: str)
 
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
-CE_ROWS = 256  # rows of logits upcast at a time for the softmax (bounds the fp32 temporaries)
+CE_BLOCK_BYTES = 3 << 20  # CPU: fp32 softmax workspace per row block (stays in L2/L3 across its passes)
+CE_ROWS_CUDA = 256        # GPU: rows per block (bounds the fp32 temporaries)
+
+
+def ce_block_rows(z: torch.Tensor) -> int:
+    """Rows of logits taken at a time by the softmax. On CPU a block small enough for the
+    cache: every pass (upcast, max, exp, sum, divide, downcast) then runs from cache, which
+    measured 2.8x faster than 256-row blocks for bf16 (2048 x 50,257 logits: 0.076 vs 0.213 s)."""
+    if z.device.type != "cpu":
+        return CE_ROWS_CUDA
+    return max(1, CE_BLOCK_BYTES // (4 * max(z.shape[1], 1)))
 
 
 class LinearCrossEntropy(torch.autograd.Function):
     """``sum_i CE(h_i W^T + b, y_i)`` holding one ``(n, V)`` buffer instead of four.
 
     The forward computes the logits (matmul in ``compute_dtype``), the summed loss (softmax
-    in fp32, or in the parameters' dtype when that is wider, ``CE_ROWS`` rows at a time)
-    and, in the same buffer and in place, its gradient with respect to the logits
-    (``softmax - onehot``); the backward only multiplies that buffer into the
-    input/weight/bias gradients. Mathematically ``F.cross_entropy(head(h), y,
-    reduction="sum")``; it exists because the chunk x vocabulary logits, their log-softmax
-    and their gradients dominate Phase 2's memory.
+    in fp32, or in the parameters' dtype when that is wider, a few rows at a time, see
+    ``ce_block_rows``) and, in the same buffer and in place, its gradient with respect to
+    the logits (``softmax - onehot``); the backward only multiplies that buffer into the
+    input/weight/bias gradients (the bias gradient, a column sum, as a matmul with ones).
+    Mathematically ``F.cross_entropy(head(h), y, reduction="sum")``; it exists because the
+    chunk x vocabulary logits, their log-softmax and their gradients dominate Phase 2's
+    memory.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, target, compute_dtype, weight_cast=None):
+    def forward(ctx, h, weight, bias, target, compute_dtype, weight_cast=None, ws=None):
         with torch.autocast(h.device.type, enabled=False):
             cd = compute_dtype or weight.dtype
             hc = h.to(cd)
             wc = weight_cast if weight_cast is not None else weight.to(cd)  # the batch's cast, if given
-            z = torch.addmm(bias.to(cd), hc, wc.t())   # (n, V) logits
-            loss = _ce_rows(z, target, grad=True)       # z is now d loss / d logits
+            if ws is not None and ws.busy:  # a second forward before the backward: no sharing
+                ws = None
+            z = head_logits(hc, wc, ws)                # (n, V) logits without the bias
+            loss, _ = _ce_rows(z, target, grad=True, bias=bias)  # z is now d loss / d logits
+            if ws is not None:
+                ws.busy = True
         ctx.save_for_backward(hc, wc, z)
         ctx.dtypes = (h.dtype, weight.dtype, bias.dtype)
+        ctx.ws = ws
         return loss.to(weight.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
         hc, wc, g = ctx.saved_tensors
         h_dt, w_dt, b_dt = ctx.dtypes
+        ws = ctx.ws
         gh = gw = gb = None
         with torch.autocast(g.device.type, enabled=False):
             if ctx.needs_input_grad[0]:
                 gh = (g @ wc).to(h_dt).mul_(grad_loss.to(h_dt))
             if ctx.needs_input_grad[1]:
-                gw = (g.t() @ hc).to(w_dt).mul_(grad_loss.to(w_dt))
-            if ctx.needs_input_grad[2]:  # row blocks: a dtype= sum would upcast all of g at once
-                gb = torch.zeros(g.shape[1], dtype=b_dt, device=g.device)
-                for r0 in range(0, g.shape[0], CE_ROWS):
-                    gb += g[r0:r0 + CE_ROWS].sum(0, dtype=b_dt)
-                gb.mul_(grad_loss.to(b_dt))
-        return gh, gw, gb, None, None, None
+                if ws is None:
+                    gw = (g.t() @ hc).to(w_dt).mul_(grad_loss.to(w_dt))
+                else:
+                    gw_c = torch.mm(g.t(), hc, out=ws.get("grad_weight", (g.shape[1], hc.shape[1]), g.dtype, g.device))
+                    gw = ws.held("grad_weight_out", gw_c.shape, w_dt, g.device)
+                    gw.copy_(gw_c).mul_(grad_loss.to(w_dt))
+            if ctx.needs_input_grad[2]:  # column sum as a matmul: 12x faster than a dim-0 sum
+                ones = torch.ones(1, g.shape[0], dtype=g.dtype, device=g.device)
+                gb = (ones @ g).squeeze(0).to(b_dt).mul_(grad_loss.to(b_dt))
+        if ws is not None:
+            ws.busy = False
+        return gh, gw, gb, None, None, None, None
 
 
-def _ce_rows(z: torch.Tensor, target: torch.Tensor, grad: bool = False) -> torch.Tensor:
-    """Summed CE of logits ``z`` (n, V), ``CE_ROWS`` rows at a time in fp32 (or ``z``'s dtype
-    when wider). Overwrites ``z``: with ``grad`` it becomes ``softmax(z) - onehot(target)``
-    in ``z``'s own dtype."""
+class HeadWorkspace:
+    """Buffers the head reuses from chunk to chunk (logits, the weight-gradient product, the
+    weight cast). A fresh 200 MB buffer per chunk costs its page faults every time (glibc
+    serves it by mmap): measured on 2048 x 768 x 50,257 bf16, the logits matmul takes 176 ms
+    into a reused buffer and 260 ms into a fresh one."""
+
+    def __init__(self):
+        self._bufs: dict[str, torch.Tensor] = {}
+        self._held: dict[str, torch.Tensor] = {}
+        self.busy = False  # the logits buffer holds a chunk whose backward has not run yet
+
+    def get(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        n = math.prod(shape)
+        t = self._bufs.get(name)
+        if t is None or t.dtype != dtype or t.device != device or t.numel() < n:
+            t = self._bufs[name] = torch.empty(n, dtype=dtype, device=device)
+        return t[:n].view(shape)
+
+    def held(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A buffer returned as a gradient. The workspace keeps a reference to the very tensor,
+        so autograd's AccumulateGrad never adopts it as ``.grad`` (it copies it when ``.grad``
+        is None and adds it in place otherwise); the next chunk may then overwrite it."""
+        t = self.get(name, shape, dtype, device)
+        self._held[name] = t
+        return t
+
+    def clear(self) -> None:
+        self._bufs.clear()
+        self._held.clear()
+        self.busy = False
+
+
+class GatherRows(torch.autograd.Function):
+    """``weight[idx]`` (the embedding lookup) whose weight gradient goes into a reused dense
+    buffer (zeroed, then ``index_add_``) instead of a fresh ``V x d`` tensor per chunk."""
+
+    @staticmethod
+    def forward(ctx, weight, idx, ws):
+        ctx.save_for_backward(idx)
+        ctx.meta = (tuple(weight.shape), weight.dtype, weight.device, ws)
+        return weight.index_select(0, idx)
+
+    @staticmethod
+    def backward(ctx, g):
+        (idx,) = ctx.saved_tensors
+        shape, dtype, device, ws = ctx.meta
+        gw = ws.held("grad_embed", shape, dtype, device).zero_()
+        gw.index_add_(0, idx, g.to(dtype))
+        return gw, None, None
+
+
+def head_logits(h: torch.Tensor, w: torch.Tensor, ws: HeadWorkspace | None = None) -> torch.Tensor:
+    """``h @ w.T`` (no bias: ``_ce_rows`` adds it block by block, in fp32), into the
+    workspace's logits buffer when one is given."""
+    if ws is None:
+        return h @ w.t()
+    return torch.mm(h, w.t(), out=ws.get("logits", (h.shape[0], w.shape[0]), h.dtype, h.device))
+
+
+def _ce_rows(z: torch.Tensor, target: torch.Tensor, grad: bool = False,
+             bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed CE of logits ``z + bias`` (n, V) and the number of rows whose first maximal logit
+    is the target (top-1 hits), a block of ``ce_block_rows`` rows at a time in fp32 (or
+    ``z``'s dtype when wider). Overwrites ``z``: with ``grad`` it becomes ``softmax(z + bias)
+    - onehot(target)`` in ``z``'s own dtype."""
     acc = torch.float32 if z.dtype in (torch.bfloat16, torch.float16) else z.dtype
+    bias = None if bias is None else bias.detach().to(acc)
     loss = torch.zeros((), dtype=acc, device=z.device)
-    for r0 in range(0, z.shape[0], CE_ROWS):
-        r1 = min(r0 + CE_ROWS, z.shape[0])
+    hits = torch.zeros((), dtype=torch.long, device=z.device)
+    step = ce_block_rows(z)
+    # one upcast buffer for all blocks (z's own memory when z is already fp32/fp64)
+    blk = None if acc == z.dtype else torch.empty(min(step, z.shape[0]), z.shape[1], dtype=acc, device=z.device)
+    for r0 in range(0, z.shape[0], step):
+        r1 = min(r0 + step, z.shape[0])
         zs = z[r0:r1]
-        zb = zs.to(acc)  # the same memory when z is already fp32/fp64
+        zb = zs if blk is None else blk[:r1 - r0].copy_(zs)
+        if bias is not None:
+            zb.add_(bias)
         rows = torch.arange(r1 - r0, device=z.device)
         t = target[r0:r1]
         picked = zb[rows, t]
-        m = zb.amax(1, keepdim=True)
+        m, top = zb.max(1, keepdim=True)  # first maximal index, as argmax
+        hits += (top.squeeze(1) == t).sum()
         zb.sub_(m).exp_()
         tot = zb.sum(1, keepdim=True)
         loss += ((m + tot.log()).squeeze(1) - picked).sum()
         if grad:
             zb.div_(tot)
             zb[rows, t] -= 1
-            if zb.data_ptr() != zs.data_ptr():
+            if blk is not None:
                 zs.copy_(zb)
-    return loss
+    return loss, hits
 
 
 def ppl(loss: float) -> float:
@@ -242,14 +333,14 @@ class _LMLoss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, h, c_in, x, targets, cd, w_cast=None):
+    def forward(self, h, c_in, x, targets, cd, w_cast=None, ws=None):
         """``h`` given (frozen features): the head only; else ``F(c_in, x)`` first."""
         m = self.model
         unused = None
         if h is None:
             c, x2 = m.step(c_in, x)
             h, unused = (x2, c) if m.head_from == "token" else (c, x2)
-        ce = LinearCrossEntropy.apply(h, m.head.weight, m.head.bias, targets, cd, w_cast)
+        ce = LinearCrossEntropy.apply(h, m.head.weight, m.head.bias, targets, cd, w_cast, ws)
         return ce, unused
 
 
@@ -277,6 +368,7 @@ class Phase2Trainer:
         self.state = Phase2State()
         self.features: torch.Tensor | None = None   # freeze_context: head inputs of the targets
         self.grad_sink = None  # tests: callable(list of grads) before each step
+        self.ws = HeadWorkspace()
 
     def _split(self, tokens: torch.Tensor, offsets: torch.Tensor, dev: torch.device, shard: bool = False) -> dict:
         """Schedule, targets and target counts of a token set. With ``shard`` (data parallel),
@@ -313,6 +405,13 @@ class Phase2Trainer:
     def _carry(self, split: dict) -> torch.Tensor:
         return torch.zeros(split["sched"].num_streams, self.model.cfg.context_dim,
                            dtype=self.model.head.weight.dtype, device=self.rt.device)
+
+    def _weight_cast(self, cd: torch.dtype | None) -> torch.Tensor | None:
+        """The head weight in the compute dtype (None: no cast), once per batch, into the workspace."""
+        if cd is None:
+            return None
+        w = self.model.head.weight.detach()
+        return self.ws.get("weight_cast", tuple(w.shape), cd, w.device).copy_(w)
 
     def _head_inputs(self, split: dict, p0: int, p1: int, carry: torch.Tensor) -> torch.Tensor:
         """No-grad scan of schedule range [p0, p1): the head inputs of its targets (schedule order)."""
@@ -386,6 +485,7 @@ class Phase2Trainer:
         for p0, p1 in batch_ranges(n, cfg.batch_tokens):
             ce_sum += self._train_batch(p0, p1, carry, e)
             prog.update(p1 - p0)
+        self.opt.zero_grad(set_to_none=True)  # free the gradients for validation and the checkpoint
         ce_sum = self.dist.sum_floats(ce_sum)[0]
         train_loss = ce_sum / max(tr["num_targets"], 1)
         val_loss, val_acc = self.evaluate(e)
@@ -418,11 +518,11 @@ class Phase2Trainer:
         if nt == 0:
             return 0.0
         targets = tr["tgt_list"][t0:t1]  # this rank's targets of the batch, schedule order
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=False)
         ce_total = 0.0
         cd = HALF.get(self.rt.precision)
         # the head weight in the compute dtype: cast once per batch, not per chunk
-        w_cast = model.head.weight.detach().to(cd) if cd is not None else None
+        w_cast = self._weight_cast(cd)
         # a rank without targets in this batch still takes part in the gradient all-reduce
         spans = list(chunks(t1 - t0, self.cfg.chunk_tokens)) or [(0, 0)]
         for i, (a, b) in enumerate(spans):
@@ -431,11 +531,12 @@ class Phase2Trainer:
             else:
                 idx = flat[a:b]
                 h, c = None, c_in[a:b]
-                x = tr["x"][idx] if tr["x"] is not None else model.embed_tokens(tr["tokens"][idx])
+                x = tr["x"][idx] if tr["x"] is not None else \
+                    model.ln_e(GatherRows.apply(model.embed.weight, tr["tokens"][idx], self.ws))
             sync = contextlib.nullcontext() if (self.ddp is None or i == len(spans) - 1) else self.ddp.no_sync()
             with sync:
                 with self.rt.autocast():
-                    ce, unused = (self.ddp or self.loss_module)(h, c, x, targets[a:b], cd, w_cast)
+                    ce, unused = (self.ddp or self.loss_module)(h, c, x, targets[a:b], cd, w_cast, self.ws)
                 ce_val = float(ce.detach())
                 if not math.isfinite(ce_val):
                     raise NumericalError(
@@ -463,7 +564,9 @@ class Phase2Trainer:
                 raise NumericalError(f"phase2 epoch {e + 1}: non-finite gradient norm ({float(norm)}) at "
                                      f"schedule tokens {p0}-{p1}; the last good checkpoint is kept")
             self.opt.step()
-        self.opt.zero_grad(set_to_none=True)  # free the gradients between batches
+        # zeroed, not freed: AccumulateGrad then adds the workspace's gradient buffers in place
+        # instead of taking fresh V x d tensors every chunk
+        self.opt.zero_grad(set_to_none=False)
         self.state.steps += 1
         return ce_total
 
@@ -475,17 +578,21 @@ class Phase2Trainer:
         n = va["sched"].num_tokens
         carry = self._carry(va)
         ce_sum, correct = 0.0, 0
+        cd = HALF.get(self.rt.precision)
+        w_cast = self._weight_cast(cd)
         for p0, p1 in batch_ranges(n, SCAN_RANGE):
             feats = self._head_inputs(va, p0, p1, carry)
             t0 = int(va["tcount"][p0])
             for a, b in chunks(feats.shape[0], self.cfg.chunk_tokens):
                 tg = va["tgt_list"][t0 + a:t0 + b]
-                with self.rt.autocast():
-                    z = model.head(feats[a:b])
-                correct += int((z.argmax(1) == tg).sum())
-                ce_sum += float(_ce_rows(z, tg))
+                h = feats[a:b] if cd is None else feats[a:b].to(cd)
+                z = head_logits(h, model.head.weight if w_cast is None else w_cast, self.ws)
+                ce, hits = _ce_rows(z, tg, bias=model.head.bias)
+                ce_sum += float(ce)
+                correct += int(hits)
                 del z
         model.train()
+        self.ws.clear()  # the head buffers go back to the OS between epochs (checkpoint writes)
         nt = max(va["num_targets"], 1)
         loss = ce_sum / nt
         if not math.isfinite(loss):
