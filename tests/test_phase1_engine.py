@@ -22,9 +22,23 @@ def toy_tokens(seed=0, lengths=(7, 3, 9, 1, 5)):
     return TokenSet.from_lists([torch.randint(0, 50, (n,), generator=g).tolist() for n in lengths])
 
 
-def run_both(mode, batch_tokens, iters, dtype, lr=0.002):
+@pytest.fixture(params=["two-pass", "fused"])
+def fuse(request, monkeypatch):
+    """Both ways of getting a batch's forward: a no-grad scan then a batched forward over the
+    batch, or the scan itself keeping its graph (``Phase1Trainer._fusable``)."""
+    import newllm.phase1 as p1
+    fused = request.param == "fused"
+    monkeypatch.setattr(p1, "FUSE_MIN_ROWS", 0 if fused else 10 ** 9)
+    calls = []
+    orig = p1.Phase1Trainer._fusable
+    monkeypatch.setattr(p1.Phase1Trainer, "_fusable", lambda self, a, b: calls.append(orig(self, a, b)) or calls[-1])
+    yield fused
+    assert any(calls) == fused, calls  # the path under test really ran
+
+
+def run_both(mode, batch_tokens, iters, dtype, lr=0.002, chunk_tokens=4):
     ts = toy_tokens()
-    cfg = Phase1Config(stream=mode, batch_tokens=batch_tokens, max_iterations=iters, chunk_tokens=4,
+    cfg = Phase1Config(stream=mode, batch_tokens=batch_tokens, max_iterations=iters, chunk_tokens=chunk_tokens,
                        min_converged_ratio=1.0, context_noise_std=0.05, learning_rate=lr)
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -44,8 +58,8 @@ def run_both(mode, batch_tokens, iters, dtype, lr=0.002):
 
 
 @pytest.mark.parametrize("mode", ["sample", "corpus"])
-def test_full_batch_fp32_matches_reference(mode):
-    tr, m1, m2, ctx_fast, ref, g_fast, g_ref = run_both(mode, 0, 2, torch.float32)
+def test_full_batch_fp32_matches_reference(mode, fuse):
+    tr, m1, m2, ctx_fast, ref, g_fast, g_ref = run_both(mode, 0, 2, torch.float32, chunk_tokens=64 if fuse else 4)
     assert len(ctx_fast) == len(ref["contexts"]) == 2
     for a, b in zip(ctx_fast, ref["contexts"]):
         assert torch.allclose(a, b, atol=1e-5, rtol=0), (a - b).abs().max()
@@ -57,8 +71,9 @@ def test_full_batch_fp32_matches_reference(mode):
 
 @pytest.mark.parametrize("mode", ["sample", "corpus"])
 @pytest.mark.parametrize("batch_tokens", [1, 4, 7])
-def test_minibatch_steps_match_reference_float64(mode, batch_tokens):
-    tr, m1, m2, ctx_fast, ref, g_fast, g_ref = run_both(mode, batch_tokens, 3, torch.float64)
+def test_minibatch_steps_match_reference_float64(mode, batch_tokens, fuse):
+    tr, m1, m2, ctx_fast, ref, g_fast, g_ref = run_both(mode, batch_tokens, 3, torch.float64,
+                                                       chunk_tokens=64 if fuse else 4)
     assert tr.state.steps == ref["steps"] == len(g_ref) == len(g_fast) == 2 * -(-25 // batch_tokens)
     for a, b in zip(ctx_fast, ref["contexts"]):
         assert torch.allclose(a, b, atol=1e-9, rtol=0)

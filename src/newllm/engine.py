@@ -118,36 +118,45 @@ class ScanOut:
     x_out: torch.Tensor | None      # (b, d_e) token stream after F, when asked
 
 
-@torch.no_grad()
 def scan(step: StepFn, sched: Schedule, p0: int, p1: int, carry: torch.Tensor,
          x_of: Callable[[torch.Tensor], torch.Tensor], noise: torch.Tensor | None = None,
-         keep_x: bool = False, autocast=None) -> ScanOut:
-    """Sequential scan of schedule range [p0, p1) (no grad), updating ``carry`` (S, d_c) in place.
+         keep_x: bool = False, autocast=None, grad: bool = False) -> ScanOut:
+    """Sequential scan of schedule range [p0, p1), updating ``carry`` (S, d_c) in place.
 
     ``x_of(flat_idx)`` gives the input stream for tokens; ``noise`` (N, d_c) indexed by flat
-    token index is added to the carried context for t > 0.
+    token index is added to the carried context for t > 0. No gradient by default; with
+    ``grad`` the returned ``c_out`` carries the autograd graph of every step (each step's
+    input context is still detached, so this is the batched forward of the range computed
+    step by step: Phase 1 uses it to skip a second forward when the steps are wide).
     """
     b = p1 - p0
     d_c = carry.shape[1]
     c_in = torch.empty(b, d_c, dtype=carry.dtype, device=carry.device)
-    c_out = torch.empty_like(c_in)
+    c_out = None if grad else torch.empty_like(c_in)
+    pieces = []
     x_out = None
-    for t, a, e, j0 in sched.steps(p0, p1):
-        j1 = j0 + (e - a)
-        idx = sched.order[a:e]
-        c = carry[j0:j1]
-        if noise is not None and t > 0:
-            c = c + noise[idx]
-        x = x_of(idx)
-        with autocast if autocast is not None else _null():
-            c2, x2 = step(c, x)
-        c_in[a - p0:e - p0] = c
-        c_out[a - p0:e - p0] = c2
-        carry[j0:j1] = c2
-        if keep_x:
-            if x_out is None:
-                x_out = torch.empty(b, x2.shape[1], dtype=torch.float32, device=carry.device)
-            x_out[a - p0:e - p0] = x2
+    with torch.set_grad_enabled(grad):
+        for t, a, e, j0 in sched.steps(p0, p1):
+            j1 = j0 + (e - a)
+            idx = sched.order[a:e]
+            c = carry[j0:j1]
+            if noise is not None and t > 0:
+                c = c + noise[idx]
+            x = x_of(idx)
+            with autocast if autocast is not None else _null():
+                c2, x2 = step(c, x)
+            c_in[a - p0:e - p0] = c
+            if grad:
+                pieces.append(c2)
+            else:
+                c_out[a - p0:e - p0] = c2
+            carry[j0:j1] = c2.detach()
+            if keep_x:
+                if x_out is None:
+                    x_out = torch.empty(b, x2.shape[1], dtype=torch.float32, device=carry.device)
+                x_out[a - p0:e - p0] = x2.detach()
+    if grad:
+        c_out = torch.cat(pieces) if pieces else torch.empty(0, d_c, dtype=carry.dtype, device=carry.device)
     return ScanOut(c_in, c_out, x_out)
 
 

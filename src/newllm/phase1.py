@@ -28,6 +28,8 @@ from .runtime import Progress, Runtime
 
 log = logging.getLogger(__name__)
 
+FUSE_MIN_ROWS = 256  # see Phase1Trainer._fusable
+
 
 def noise_for_pass(seed: int, k: int, n: int, d: int, std: float) -> torch.Tensor | None:
     """The context noise of training pass ``k`` for every token (flat index), reproducible."""
@@ -195,8 +197,12 @@ class Phase1Trainer:
         ranges = batch_ranges(n, cfg.batch_tokens) if train else batch_ranges(n, max(cfg.chunk_tokens, 65536))
         for p0, p1 in ranges:
             l0, l1 = self._local(p0, p1)
-            out = scan(self.model.step, sched, l0, l1, st.carry, lambda idx: self.x[idx], noise,
-                       autocast=self.rt.autocast())
+            fused = train and self._fusable(l0, l1)
+            with self.rt.autocast():  # outer context: the weights' casts are cached for the whole scan
+                out = scan(self.model.step, sched, l0, l1, st.carry, lambda idx: self.x[idx], noise,
+                           autocast=self.rt.autocast(), grad=fused)
+            c_graph = out.c_out if fused else None
+            out.c_out = out.c_out.detach().to(cur.dtype)
             idx = sched.order[l0:l1]
             if not bool(torch.isfinite(out.c_out).all()):
                 raise NumericalError(f"phase1 pass {k}: non-finite contexts (NaN/Inf) at tokens "
@@ -212,7 +218,7 @@ class Phase1Trainer:
                 mse = ((out.c_out - prev) ** 2).mean(1)
                 sums["conv"] += float((mse < cfg.convergence_threshold).sum())
                 sums["mse"] += float(mse.sum())
-                self._train_batch(out.c_in, idx, prev, w, sums, k, p0, p1 - p0)
+                self._train_batch(out.c_in, idx, prev, w, sums, k, p0, p1 - p0, c_graph)
                 batch_mean = dist.sum_(out.c_out.sum(0)) / (p1 - p0)
                 st.mu = cfg.ema_momentum * st.mu + (1 - cfg.ema_momentum) * batch_mean
             prog.update(p1 - p0)
@@ -240,20 +246,40 @@ class Phase1Trainer:
                  rec.optimizer_steps, el, rec.tokens_per_s)
         return rec
 
+    def _fusable(self, l0: int, l1: int) -> bool:
+        """Whether the scan of local range [l0, l1) can itself be the batch's forward pass (its
+        graph kept): single process, the batch within one chunk, and steps at least
+        ``FUSE_MIN_ROWS`` streams wide on average, so the step-shaped backward matmuls stay
+        efficient; not for autocast on CPU. Saves the second forward: 6 instead of 8 N D^2 L
+        FLOPs per training pass (measured at 100k tokens, fp32: 57.9 -> 44.6 s per pass)."""
+        if self.ddp is not None or not 0 < l1 - l0 <= self.cfg.chunk_tokens:
+            return False
+        if self.rt.device.type == "cpu" and self.rt.precision != "fp32":
+            # measured at 100k tokens, bf16 on this 2-core CPU: 11% less time per pass but +0.4 GB
+            # peak RSS (the step-sized autocast copies kept for the backward fragment the heap)
+            return False
+        n_steps = int(self.sched.time_of[l1 - 1]) - int(self.sched.time_of[l0]) + 1
+        return (l1 - l0) / n_steps >= FUSE_MIN_ROWS
+
     def _train_batch(self, c_in: torch.Tensor, idx: torch.Tensor, prev: torch.Tensor, w: float,
-                     sums: dict, k: int, p0: int, b: int) -> None:
-        """One optimizer step on a batch of ``b`` tokens (all ranks); this rank holds ``idx``."""
+                     sums: dict, k: int, p0: int, b: int, c_graph: torch.Tensor | None = None) -> None:
+        """One optimizer step on a batch of ``b`` tokens (all ranks); this rank holds ``idx``.
+        ``c_graph``: the batch's contexts with their graph from a fused scan (no forward here)."""
         mu = self.state.mu
         self.opt.zero_grad(set_to_none=True)
-        spans = list(chunks(idx.numel(), self.cfg.chunk_tokens)) or [(0, 0)]
+        spans = [(0, idx.numel())] if c_graph is not None else list(chunks(idx.numel(), self.cfg.chunk_tokens))
+        spans = spans or [(0, 0)]
         scale = float(self.dist.world)  # DDP averages gradients over ranks; we want their sum
         for i, (a, e) in enumerate(spans):
             last = i == len(spans) - 1
             fwd = self.ddp if self.ddp is not None else self.step_module
             sync = contextlib.nullcontext() if (last or self.ddp is None) else self.ddp.no_sync()
             with sync:
-                with self.rt.autocast():
-                    c, x_out = fwd(c_in[a:e], self.x[idx[a:e]])
+                if c_graph is not None:
+                    c, x_out = c_graph, None
+                else:
+                    with self.rt.autocast():
+                        c, x_out = fwd(c_in[a:e], self.x[idx[a:e]])
                 c = c.to(prev.dtype)
                 l_cvfp = ((c - prev[a:e]) ** 2).mean(1)
                 l_div = -(c - mu).norm(dim=1)
