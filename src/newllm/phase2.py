@@ -518,6 +518,8 @@ class Phase2Trainer:
         if nt == 0:
             return 0.0
         targets = tr["tgt_list"][t0:t1]  # this rank's targets of the batch, schedule order
+        # zeroed, not freed (once per batch; the epoch's end frees them): AccumulateGrad then adds
+        # the workspace's gradient buffers in place instead of taking fresh V x d tensors per chunk
         self.opt.zero_grad(set_to_none=False)
         ce_total = 0.0
         cd = HALF.get(self.rt.precision)
@@ -564,9 +566,6 @@ class Phase2Trainer:
                 raise NumericalError(f"phase2 epoch {e + 1}: non-finite gradient norm ({float(norm)}) at "
                                      f"schedule tokens {p0}-{p1}; the last good checkpoint is kept")
             self.opt.step()
-        # zeroed, not freed: AccumulateGrad then adds the workspace's gradient buffers in place
-        # instead of taking fresh V x d tensors every chunk
-        self.opt.zero_grad(set_to_none=False)
         self.state.steps += 1
         return ce_total
 
