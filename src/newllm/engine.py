@@ -123,8 +123,8 @@ def scan(step: StepFn, sched: Schedule, p0: int, p1: int, carry: torch.Tensor,
          keep_x: bool = False, autocast=None, grad: bool = False) -> ScanOut:
     """Sequential scan of schedule range [p0, p1), updating ``carry`` (S, d_c) in place.
 
-    ``x_of(flat_idx)`` gives the input stream for tokens; ``noise`` (N, d_c) indexed by flat
-    token index is added to the carried context for t > 0. No gradient by default; with
+    ``x_of(flat_idx)`` gives the input stream for tokens; ``noise`` (p1 - p0, d_c), the rows of
+    the range in schedule order, is added to the carried context for t > 0. No gradient by default; with
     ``grad`` the returned ``c_out`` carries the autograd graph of every step (each step's
     input context is still detached, so this is the batched forward of the range computed
     step by step: Phase 1 uses it to skip a second forward when the steps are wide).
@@ -141,7 +141,7 @@ def scan(step: StepFn, sched: Schedule, p0: int, p1: int, carry: torch.Tensor,
             idx = sched.order[a:e]
             c = carry[j0:j1]
             if noise is not None and t > 0:
-                c = c + noise[idx]
+                c = c + noise[a - p0:e - p0]
             x = x_of(idx)
             with autocast if autocast is not None else _null():
                 c2, x2 = step(c, x)

@@ -31,12 +31,44 @@ log = logging.getLogger(__name__)
 FUSE_MIN_ROWS = 256  # see Phase1Trainer._fusable
 
 
-def noise_for_pass(seed: int, k: int, n: int, d: int, std: float) -> torch.Tensor | None:
-    """The context noise of training pass ``k`` for every token (flat index), reproducible."""
-    if std <= 0:
-        return None
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + k)
-    return torch.randn(n, d, generator=gen) * std
+NOISE_BLOCK = 4096  # schedule positions per noise block (see PassNoise)
+NOISE_SCHEME = "pass k, block b of 4096 schedule positions: torch.Generator seeded with " \
+               "((seed*1000003+k)*65537+b) mod 2^63"
+
+
+class PassNoise:
+    """The context noise ``eps`` of one training pass, by *global schedule position*.
+
+    Position ``p`` takes row ``p % NOISE_BLOCK`` of block ``p // NOISE_BLOCK``, a
+    ``(NOISE_BLOCK, d)`` standard normal draw from a generator seeded with
+    ``((seed * 1000003 + k) * 65537 + b) mod 2^63``, times ``std``. The draws do not depend on
+    ``batch_tokens``, the number of ranks or where a run was resumed, and a batch costs one
+    block (12 MB at d = 768), not a pass-long ``(N, d)`` tensor (305 MB at 100k tokens)."""
+
+    def __init__(self, seed: int, k: int, d: int, std: float, device: torch.device | str = "cpu"):
+        self.seed, self.k, self.d, self.std, self.device = seed, k, d, std, torch.device(device)
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def block(self, b: int) -> torch.Tensor:
+        if self._cache is None or self._cache[0] != b:
+            gen = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.k) * 65_537 + b) % 2 ** 63)
+            self._cache = (b, (torch.randn(NOISE_BLOCK, self.d, generator=gen) * self.std).to(self.device))
+        return self._cache[1]
+
+    def rows(self, p0: int, p1: int) -> torch.Tensor:
+        """``(p1 - p0, d)``: the noise of global schedule positions ``[p0, p1)``."""
+        if p1 <= p0:
+            return torch.zeros(0, self.d, device=self.device)
+        parts = []
+        for b in range(p0 // NOISE_BLOCK, (p1 - 1) // NOISE_BLOCK + 1):
+            a, e = max(p0, b * NOISE_BLOCK), min(p1, (b + 1) * NOISE_BLOCK)
+            parts.append(self.block(b)[a - b * NOISE_BLOCK:e - b * NOISE_BLOCK])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def pass_noise(seed: int, k: int, d: int, std: float, device: torch.device | str = "cpu") -> PassNoise | None:
+    """The noise of training pass ``k`` (None when ``std`` is 0)."""
+    return PassNoise(seed, k, d, std, device) if std > 0 else None
 
 
 def embed_all(model: CVFPModel, tokens: torch.Tensor, device: torch.device, chunk: int = 16384) -> torch.Tensor:
@@ -134,6 +166,16 @@ class Phase1Trainer:
         with torch.no_grad(), torch.autocast(self.rt.device.type, enabled=False):
             return self.model.embed_tokens(self.tokens[idx]).to(self.model.ln_e.weight.dtype)
 
+    def _noise_rows(self, noise: PassNoise | None, p0: int, p1: int) -> torch.Tensor | None:
+        """This rank's noise rows for global schedule range [p0, p1), in local schedule order."""
+        if noise is None:
+            return None
+        rows = noise.rows(p0, p1)
+        if self.cum is None:
+            return rows
+        mine = self.global_sched.stream_of[p0:p1] % self.dist.world == self.dist.rank
+        return rows[mine.to(rows.device)]
+
     def _local(self, p0: int, p1: int) -> tuple[int, int]:
         return (p0, p1) if self.cum is None else (int(self.cum[p0]), int(self.cum[p1]))
 
@@ -193,8 +235,7 @@ class Phase1Trainer:
         train = k >= 1
         if k == 0:
             st.carry = torch.zeros(sched.num_streams, d_c, device=dev)
-        noise = noise_for_pass(self.seed, k, n, d_c, cfg.context_noise_std) if train else None
-        noise = noise.to(dev) if noise is not None else None
+        noise = pass_noise(self.seed, k, d_c, cfg.context_noise_std, dev) if train else None
         cur = torch.zeros(n, d_c, device=dev) if dist.active else torch.empty(n, d_c, device=dev)
         w = cfg.dist_reg_weight
         sums = {"cvfp": 0.0, "div": 0.0, "total": 0.0, "conv": 0.0, "mse": 0.0, "norm": 0.0}
@@ -206,7 +247,7 @@ class Phase1Trainer:
             l0, l1 = self._local(p0, p1)
             fused = train and self._fusable(l0, l1)
             with self.rt.autocast():  # outer context: the weights' casts are cached for the whole scan
-                out = scan(self.model.step, sched, l0, l1, st.carry, self.x_of, noise,
+                out = scan(self.model.step, sched, l0, l1, st.carry, self.x_of, self._noise_rows(noise, p0, p1),
                            autocast=self.rt.autocast(), grad=fused)
             c_graph = out.c_out if fused else None
             out.c_out = out.c_out.detach().to(cur.dtype)

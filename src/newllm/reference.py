@@ -10,7 +10,7 @@ import torch
 
 from .config import Phase1Config
 from .model import CVFPModel
-from .phase1 import noise_for_pass
+from .phase1 import pass_noise
 
 
 def _step(params: list, opt: torch.optim.Optimizer, clip: float, grad_sink) -> None:
@@ -54,7 +54,8 @@ def phase1_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
     contexts = []
     for k in range(cfg.max_iterations):
         train = k >= 1
-        noise = noise_for_pass(seed, k, n, d_c, cfg.context_noise_std) if train else None
+        noise = pass_noise(seed, k, d_c, cfg.context_noise_std) if train else None
+        noise = noise.rows(0, n) if noise is not None else None  # by schedule position
         cur = torch.zeros(n, d_c)
         b_size = n if (cfg.batch_tokens <= 0 or cfg.batch_tokens >= n) else cfg.batch_tokens
         batch_ctx = []
@@ -65,7 +66,7 @@ def phase1_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
             batch_len = min(b_size, n - (pos // b_size) * b_size)
             c_in = carry[j].clone()
             if noise is not None and t > 0:
-                c_in = c_in + noise[i]
+                c_in = c_in + noise[pos]
             with torch.set_grad_enabled(train):
                 x = model.embed_tokens(tokens[i:i + 1]).detach()
                 c, _ = model.step(c_in.unsqueeze(0), x)

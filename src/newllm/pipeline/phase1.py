@@ -16,7 +16,7 @@ from ..engine import Schedule
 from ..errors import CheckpointError, ConfigError, NumericalError
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json, state_dict_digest, torch_load
 from ..model import build_model, load_model_state
-from ..phase1 import Phase1Trainer, embed_all, frozen_passes, relative_change
+from ..phase1 import NOISE_SCHEME, Phase1Trainer, embed_all, frozen_passes, relative_change
 from ..resume import ResumeStore, fingerprint, first_non_finite
 from ..runtime import Runtime, merge_peaks, oom_advice, peak_memory
 
@@ -46,7 +46,8 @@ def run(cfg: Config) -> dict:
     theta0 = model.layer_state()
     fp = fingerprint(cfg.section_dict("model"), {k: v for k, v in cfg.section_dict("phase1").items()
                                                  if k != "checkpoint_every"},
-                     cfg.runtime.precision, cfg.seed, state_dict_digest({"t": train.tokens, "o": train.offsets}))
+                     cfg.runtime.precision, cfg.seed, state_dict_digest({"t": train.tokens, "o": train.offsets}),
+                     NOISE_SCHEME)
     store = ResumeStore(cfg.resume, "phase1", fp)
     trainer = Phase1Trainer(model, train.tokens.to(rt.device), train.offsets, cfg.phase1, rt, cfg.seed, dist)
     val_sched = Schedule.build(val.offsets, cfg.phase1.stream)
@@ -117,7 +118,7 @@ def run(cfg: Config) -> dict:
         "optimizer_steps": state.steps, "stopped_early": state.stopped_early,
         "mu_norm": float(state.mu.norm()), "model_digest": digest,
         "rng": {"init": f"torch.Generator seeded with seed={cfg.seed}",
-                "noise": "pass k: torch.Generator seeded with seed*1000003+k"},
+                "noise": NOISE_SCHEME},
         "train_tokens": train.num_tokens, "val_tokens": val.num_tokens,
     }
     atomic_write_json(paths.PHASE1_SIDECAR, sidecar)
