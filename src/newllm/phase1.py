@@ -97,6 +97,24 @@ def frozen_passes(model: CVFPModel, sched: Schedule, x: torch.Tensor, passes: in
     return ctx
 
 
+def convergence_diffs(model: CVFPModel, sched: Schedule, x: torch.Tensor, contexts: torch.Tensor,
+                      passes: int, rt: Runtime) -> list[float]:
+    """cvfp.md's convergence check: ``passes`` more frozen passes after ``contexts`` (N, d_c),
+    carrying each stream's last context; ``diff_j`` = mean over tokens of ``|c^j - c^(j-1)|_2``.
+    ``contexts`` is overwritten, pass by pass (no second N x d_c copy)."""
+    carry = contexts[sched.last_index()].clone()
+    diffs: list[float] = []
+
+    def on_pass(j: int, ctx: torch.Tensor) -> None:
+        diffs.append(float((ctx - contexts).norm(dim=1).mean()))
+        contexts.copy_(ctx)
+        log.info("convergence check pass %d/%d: mean |c_j - c_(j-1)| = %.6g", j + 1, passes, diffs[-1])
+
+    with torch.no_grad():
+        frozen_passes(model, sched, x, passes, rt, carry=carry, on_pass=on_pass)
+    return diffs
+
+
 @dataclass
 class PassRecord:
     pass_index: int

@@ -12,7 +12,7 @@ from ..data.tokens import load_token_set
 from ..engine import Schedule
 from ..errors import CheckpointError, DataError, NewLLMError
 from ..io import atomic_write_json, atomic_write_text, torch_load
-from ..phase1 import embed_all, frozen_passes
+from ..phase1 import convergence_diffs, embed_all
 from ..rank import context_report, effective_rank, gaussian_er, singular_values
 from ..runtime import Runtime, peak_memory
 from .phase1 import load_checkpoint
@@ -63,21 +63,7 @@ def run(cfg: Config) -> dict:
 
     # convergence check: 5 more frozen passes, carrying each stream's last context
     sched = Schedule.build(train.offsets, p1.stream)
-    prev = tc["contexts"].to(rt.device)
-    carry = prev[sched.last_index()].clone()
-    diffs: list[float] = []
-
-    def on_pass(j: int, ctx: torch.Tensor) -> None:
-        diffs.append(float((ctx - prev).norm(dim=1).mean()))
-        prev.copy_(ctx)
-        log.info("convergence check pass %d/%d: mean |c_j - c_(j-1)| = %.6g", j + 1, v.convergence_passes,
-                 diffs[-1])
-
-    with torch.no_grad():
-        frozen_passes(model, sched, x, v.convergence_passes, rt, carry=carry, on_pass=on_pass)
-    if not all(d == d and d != float("inf") for d in diffs):
-        raise NewLLMError(f"validate_rank: non-finite context differences in the convergence check "
-                          f"({diffs}); the Phase 1 model is numerically broken")
+    diffs = convergence_diffs(model, sched, x, tc["contexts"].to(rt.device), v.convergence_passes, rt)
     final_diff = diffs[-1]
 
     tr, va = reports["train"], reports["val"]
