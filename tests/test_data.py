@@ -45,7 +45,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def run_both(tmp_path: Path, seed: int = 0, **data) -> dict:
     """fetch + tokenize into tmp_path; returns the metrics."""
     cfg = data_cfg(seed, **data)
-    fetch.run(cfg, tmp_path / "raw")
+    fetch.run(cfg, tmp_path / "raw", tmp_path / "fetch.json")
     return tokenize.run(cfg, tmp_path / "raw", tmp_path / "tokens", tmp_path / "tokenizer",
                         tmp_path / "metrics" / "data.json")
 
@@ -173,7 +173,7 @@ def test_bad_lines_are_skipped_and_counted(tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     cfg = data_cfg(source="jsonl", path=str(path), num_samples=3, val_fraction=0.2)
-    data = fetch.run(cfg, tmp_path / "raw")
+    data = fetch.run(cfg, tmp_path / "raw", tmp_path / "fetch.json")
     assert data.train == [good[0], good[1], row("caf\u00e9 \u65e5\u672c \U0001f642")]
     assert data.val == [good[2]]
     info = json.loads((tmp_path / "raw" / "fetch_info.json").read_text())

@@ -19,6 +19,17 @@ def test_whole_chain_rerun_rules_and_metrics_diff(dvc_repo):
     assert p2["optimizer_steps"] > 0 and p2["val"]["loss"] > 0
     html = (repo.path / "reports/report.html").read_text()
     assert "Success criteria" in html or "success criteria" in html.lower()
+    # every data stage records its wall time and peak memory, and the report's table shows them
+    fetched = json.loads((repo.path / "metrics/fetch.json").read_text())
+    data = json.loads((repo.path / "metrics/data.json").read_text())
+    assert fetched["train_rows"] == 6 and fetched["val_rows"] == data["val"]["samples"]
+    for m in (fetched, data):
+        assert m["time_s"] > 0 and m["peak_rss_mb"] > 0
+    timings = html[html.index('id="timings"'):]
+    for stage in ("fetch_ultrachat", "tokenize_cache"):
+        row = timings[timings.index(f"<td>{stage}</td>"):].split("</tr>")[0]
+        cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]  # stage, wall time, tokens/s, peak RSS
+        assert float(cells[1]) > 0 and float(cells[3].replace(",", "")) > 0, row
     repo.commit("first scale")
     assert repo.ran_stages(repo.repro().stdout) == []
 

@@ -3,6 +3,7 @@ from pathlib import Path
 
 RAW_TRAIN = Path("data/raw/train.jsonl")
 RAW_VAL = Path("data/raw/val.jsonl")
+FETCH_METRICS = Path("metrics/fetch.json")
 TOKENS_TRAIN = Path("data/tokens/train.pt")
 TOKENS_VAL = Path("data/tokens/val.pt")
 TOKENIZER_DIR = Path("data/tokenizer")

@@ -206,6 +206,7 @@ def has_remote_refs(html_text: str) -> bool:
 @dataclass
 class Inputs:
     root: Path
+    fetch: dict | None = None
     data: dict | None = None
     phase1: dict | None = None
     phase1_side: dict | None = None
@@ -219,6 +220,7 @@ class Inputs:
     problems: dict = field(default_factory=dict)
 
     FILES = {
+        "fetch": (paths.FETCH_METRICS, "fetch_ultrachat", "json"),
         "data": (paths.DATA_METRICS, "tokenize_cache", "json"),
         "phase1": (paths.PHASE1_METRICS, "phase1_fixed_point", "json"),
         "phase1_side": (paths.PHASE1_SIDECAR, "phase1_fixed_point", "json"),
@@ -871,8 +873,8 @@ def generation_body(root: Path, cfg: ReportConfig, seed: int) -> str:
 
 
 def timings_body(inp: Inputs) -> str:
-    stages = [("tokenize_cache", "data"), ("phase1_fixed_point", "phase1"), ("validate_rank", "validate"),
-              ("phase2_lm", "phase2")]
+    stages = [("fetch_ultrachat", "fetch"), ("tokenize_cache", "data"), ("phase1_fixed_point", "phase1"),
+              ("validate_rank", "validate"), ("phase2_lm", "phase2")]
     cols = ["time_s", "tokens_per_s", "peak_rss_mb", "peak_cuda_mb"]
     present = [c for c in cols if any(get(getattr(inp, a), c) is not None for _, a in stages)]
     if not present:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import islice
@@ -343,11 +344,21 @@ def write_raw(data: RawData, source: str, out_dir: Path) -> None:
         "val_rows": len(data.val), "skipped": dict(data.skipped)})
 
 
-def run(cfg: Config, out_dir: Path = paths.RAW_TRAIN.parent) -> RawData:
+def run(cfg: Config, out_dir: Path = paths.RAW_TRAIN.parent,
+        metrics_path: Path = paths.FETCH_METRICS) -> RawData:
+    """Fetch and write ``out_dir``; ``metrics_path`` gets the counts, wall time and peak RSS
+    (kept out of ``data/raw`` so that the DVC output stays a pure function of the params)."""
+    from ..runtime import peak_rss_mb
+
+    t0 = time.perf_counter()
     data = fetch(cfg.data, cfg.seed)
     if data.skipped:
         log.warning("skipped %d source rows (%s)", sum(data.skipped.values()), _reasons(data.skipped))
     write_raw(data, cfg.data.source, out_dir)
+    atomic_write_json(metrics_path, {
+        "source": cfg.data.source, "origin": data.origin, "train_rows": len(data.train),
+        "val_rows": len(data.val), "skipped_rows": sum(data.skipped.values()),
+        "time_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": peak_rss_mb()})
     log.info("wrote %d training and %d validation conversations from %s to %s",
              len(data.train), len(data.val), data.origin, out_dir)
     return data

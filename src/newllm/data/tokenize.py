@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,9 @@ def run(cfg: Config, raw_dir: Path = paths.RAW_TRAIN.parent,
         tokens_dir: Path = paths.TOKENS_TRAIN.parent, tokenizer_dir: Path = paths.TOKENIZER_DIR,
         metrics_path: Path = paths.DATA_METRICS) -> dict[str, Any]:
     """Tokenize ``raw_dir``'s conversations; returns the metrics it writes."""
+    from ..runtime import peak_rss_mb
+
+    t0 = time.perf_counter()
     fetch_info = read_json(raw_dir / "fetch_info.json", "fetch info")
     if not (isinstance(fetch_info, dict) and isinstance(fetch_info.get("source"), str)
             and isinstance(fetch_info.get("skipped"), dict)):
@@ -183,6 +187,8 @@ def run(cfg: Config, raw_dir: Path = paths.RAW_TRAIN.parent,
         save_token_set(sets[split], Path(tokens_dir) / f"{split}.pt")
     metrics["val"]["unseen_type_frac"] = unseen_type_frac(sets["train"], sets["val"])
     save_tokenizer(tok, tokenizer_dir)
+    metrics["time_s"] = round(time.perf_counter() - t0, 2)
+    metrics["peak_rss_mb"] = peak_rss_mb()
     atomic_write_json(metrics_path, metrics)
     log.info("tokenized %d training samples (%d tokens) and %d validation samples (%d tokens)",
              metrics["train"]["samples"], metrics["train"]["tokens"], metrics["val"]["samples"],
