@@ -32,8 +32,15 @@ FUSE_MIN_ROWS = 256  # see Phase1Trainer._fusable
 
 
 NOISE_BLOCK = 4096  # schedule positions per noise block (see PassNoise)
-NOISE_SCHEME = "pass k, block b of 4096 schedule positions: torch.Generator seeded with " \
-               "((seed*1000003+k)*65537+b) mod 2^63"
+
+
+def noise_block_seed(seed: int, k: int, b: int) -> int:
+    """The generator seed of noise block ``b`` of pass ``k``."""
+    return ((seed * 1_000_003 + k) * 65_537 + b) % 2 ** 63
+
+
+NOISE_SCHEME = (f"pass k, block b of {NOISE_BLOCK} schedule positions: torch.Generator seeded with "
+                f"((seed*1000003+k)*65537+b) mod 2^63 (phase1.noise_block_seed)")
 
 
 class PassNoise:
@@ -41,7 +48,7 @@ class PassNoise:
 
     Position ``p`` takes row ``p % NOISE_BLOCK`` of block ``p // NOISE_BLOCK``, a
     ``(NOISE_BLOCK, d)`` standard normal draw from a generator seeded with
-    ``((seed * 1000003 + k) * 65537 + b) mod 2^63``, times ``std``. The draws do not depend on
+    ``noise_block_seed(seed, k, b)``, times ``std``. The draws do not depend on
     ``batch_tokens``, the number of ranks or where a run was resumed, and a batch costs one
     block (12 MB at d = 768), not a pass-long ``(N, d)`` tensor (305 MB at 100k tokens)."""
 
@@ -51,7 +58,7 @@ class PassNoise:
 
     def block(self, b: int) -> torch.Tensor:
         if self._cache is None or self._cache[0] != b:
-            gen = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.k) * 65_537 + b) % 2 ** 63)
+            gen = torch.Generator().manual_seed(noise_block_seed(self.seed, self.k, b))
             self._cache = (b, (torch.randn(NOISE_BLOCK, self.d, generator=gen) * self.std).to(self.device))
         return self._cache[1]
 

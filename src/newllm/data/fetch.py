@@ -336,12 +336,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def write_raw(data: RawData, source: str, out_dir: Path) -> None:
+def write_raw(data: RawData, source: str, out_dir: Path) -> dict:
+    """The conversations and ``fetch_info.json`` (returned)."""
     write_jsonl(out_dir / "train.jsonl", data.train)
     write_jsonl(out_dir / "val.jsonl", data.val)
-    atomic_write_json(out_dir / "fetch_info.json", {
-        "source": source, "origin": data.origin, "train_rows": len(data.train),
-        "val_rows": len(data.val), "skipped": dict(data.skipped)})
+    info = {"source": source, "origin": data.origin, "train_rows": len(data.train),
+            "val_rows": len(data.val), "skipped": dict(data.skipped)}
+    atomic_write_json(out_dir / "fetch_info.json", info)
+    return info
 
 
 def run(cfg: Config, out_dir: Path = paths.RAW_TRAIN.parent,
@@ -354,11 +356,10 @@ def run(cfg: Config, out_dir: Path = paths.RAW_TRAIN.parent,
     data = fetch(cfg.data, cfg.seed)
     if data.skipped:
         log.warning("skipped %d source rows (%s)", sum(data.skipped.values()), _reasons(data.skipped))
-    write_raw(data, cfg.data.source, out_dir)
-    atomic_write_json(metrics_path, {
-        "source": cfg.data.source, "origin": data.origin, "train_rows": len(data.train),
-        "val_rows": len(data.val), "skipped_rows": sum(data.skipped.values()),
-        "time_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": peak_rss_mb()})
+    info = write_raw(data, cfg.data.source, out_dir)
+    atomic_write_json(metrics_path, {**{k: v for k, v in info.items() if k != "skipped"},
+                                     "skipped_rows": sum(data.skipped.values()),
+                                     "time_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": peak_rss_mb()})
     log.info("wrote %d training and %d validation conversations from %s to %s",
              len(data.train), len(data.val), data.origin, out_dir)
     return data
