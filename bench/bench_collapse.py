@@ -26,10 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import chat_tokens  # noqa: E402
 
 from newllm.config import ModelConfig, Phase1Config, ValidateConfig  # noqa: E402
-from newllm.engine import Schedule  # noqa: E402
-from newllm.model import build_model  # noqa: E402
-from newllm.phase1 import Phase1Trainer, convergence_diffs, embed_all, frozen_passes, relative_change  # noqa: E402
-from newllm.rank import context_report  # noqa: E402
+from newllm.cvfp.engine import Schedule  # noqa: E402
+from newllm.cvfp.model import build_model  # noqa: E402
+from newllm.cvfp.phase1 import (  # noqa: E402
+    Phase1Trainer,
+    convergence_diffs,
+    embed_all,
+    frozen_passes,
+    relative_change,
+)
+from newllm.cvfp.rank import context_report  # noqa: E402
 from newllm.runtime import Runtime  # noqa: E402
 
 # name -> (model overrides, phase1 overrides, what it tests)

@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import chat_tokens, matmul_gflops, median  # noqa: E402
+from reference import phase1_reference  # noqa: E402
 
 from newllm.config import ModelConfig, Phase1Config  # noqa: E402
-from newllm.engine import batch_ranges  # noqa: E402
-from newllm.model import build_model  # noqa: E402
-from newllm.phase1 import Phase1Trainer  # noqa: E402
-from newllm.reference import phase1_reference  # noqa: E402
+from newllm.cvfp.engine import batch_ranges  # noqa: E402
+from newllm.cvfp.model import build_model  # noqa: E402
+from newllm.cvfp.phase1 import Phase1Trainer  # noqa: E402
 from newllm.runtime import Runtime, peak_rss_mb  # noqa: E402
 
 

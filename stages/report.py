@@ -1,14 +1,5 @@
-"""DVC stage report: the HTML report of the run (see newllm.pipeline.report)."""
-from newllm.cli import run_stage
-from newllm.config import STAGE_SECTIONS, load
-
-
-def main(args):
-    cfg = load(args.params, sections=STAGE_SECTIONS["report"])  # before the heavy imports
-    from newllm.pipeline import report
-
-    report.run(cfg)
-
+"""DVC stage report: the HTML report of the run."""
+from newllm.cli import stage_main
 
 if __name__ == "__main__":
-    run_stage(main, __doc__)
+    stage_main("report")

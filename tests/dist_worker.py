@@ -10,11 +10,11 @@ import sys
 import torch
 
 from newllm.config import ModelConfig, Phase1Config, Phase2Config
+from newllm.cvfp.model import build_model
+from newllm.cvfp.phase1 import Phase1Trainer
+from newllm.cvfp.phase2 import Phase2Trainer
 from newllm.data.tokens import TokenSet
 from newllm.dist import init_from_env, shutdown
-from newllm.model import build_model
-from newllm.phase1 import Phase1Trainer
-from newllm.phase2 import Phase2Trainer
 from newllm.runtime import Runtime
 
 TINY = ModelConfig(context_dim=8, embed_dim=6, num_layers=2, vocab_size=50)

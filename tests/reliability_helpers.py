@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from conftest import ROOT, TINY_PARAMS, deep_update
 
 STAGES = ["fetch_ultrachat", "tokenize_cache", "phase1_fixed_point", "validate_rank", "phase2_lm", "report"]

@@ -15,12 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT
+
 from newllm.config import from_dict
 from newllm.data import fetch, tokenize
 from newllm.data.tokens import load_token_set
 from newllm.errors import DataError
+from newllm.stages import fetch_ultrachat, tokenize_cache
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,8 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def run_both(tmp_path: Path, seed: int = 0, **data) -> dict:
     """fetch + tokenize into tmp_path; returns the metrics."""
     cfg = data_cfg(seed, **data)
-    fetch.run(cfg, tmp_path / "raw", tmp_path / "fetch.json")
-    return tokenize.run(cfg, tmp_path / "raw", tmp_path / "tokens", tmp_path / "tokenizer",
+    fetch_ultrachat.run(cfg, tmp_path / "raw", tmp_path / "fetch.json")
+    return tokenize_cache.run(cfg, tmp_path / "raw", tmp_path / "tokens", tmp_path / "tokenizer",
                         tmp_path / "metrics" / "data.json")
 
 
@@ -173,7 +174,7 @@ def test_bad_lines_are_skipped_and_counted(tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     cfg = data_cfg(source="jsonl", path=str(path), num_samples=3, val_fraction=0.2)
-    data = fetch.run(cfg, tmp_path / "raw", tmp_path / "fetch.json")
+    data = fetch_ultrachat.run(cfg, tmp_path / "raw", tmp_path / "fetch.json")
     assert data.train == [good[0], good[1], row("caf\u00e9 \u65e5\u672c \U0001f642")]
     assert data.val == [good[2]]
     info = json.loads((tmp_path / "raw" / "fetch_info.json").read_text())
@@ -280,7 +281,7 @@ def test_tokenize_without_raw_data(tmp_path):
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "fetch_info.json").write_text(json.dumps({"source": "jsonl", "skipped": {}}))
     with pytest.raises(DataError, match="run `dvc repro fetch_ultrachat`"):
-        tokenize.run(data_cfg(), tmp_path / "raw", tmp_path / "t", tmp_path / "tk", tmp_path / "m.json")
+        tokenize_cache.run(data_cfg(), tmp_path / "raw", tmp_path / "t", tmp_path / "tk", tmp_path / "m.json")
 
 
 def test_chat_sample_token_counts(chat_sample, tmp_path, tok):

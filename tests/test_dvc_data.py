@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_dvc_repo
 
 pytestmark = pytest.mark.slow

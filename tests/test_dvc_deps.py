@@ -13,7 +13,7 @@ SRC = ROOT / "src"
 # plumbing that shapes no figure: parameter parsing, file writing, errors, devices, paths,
 # data-parallel set-up and rolling resume checkpoints (each covered by its own tests)
 PLUMBING = {"newllm", "newllm.cli", "newllm.config", "newllm.io", "newllm.errors", "newllm.runtime",
-            "newllm.paths", "newllm.dist", "newllm.resume", "newllm.pipeline", "newllm.data"}
+            "newllm.paths", "newllm.dist", "newllm.resume", "newllm.stages", "newllm.data"}
 
 
 def _module_file(name: str) -> Path | None:
@@ -44,8 +44,10 @@ def _imports(path: Path, package: str) -> set[str]:
     return {m for m in out if _module_file(m)}
 
 
-def _closure(stage_script: Path) -> set[str]:
-    seen, todo = set(), list(_imports(stage_script, "stages"))
+def _closure(stage_script: Path, stage: str) -> set[str]:
+    """Every project module the stage runs: its script's imports and its ``newllm.stages`` module
+    (which ``newllm.cli.stage_main`` imports by name), followed transitively."""
+    seen, todo = set(), [*_imports(stage_script, "stages"), f"newllm.stages.{stage}"]
     while todo:
         m = todo.pop()
         if m in seen:
@@ -66,6 +68,15 @@ def test_stage_deps_cover_the_code_it_runs(stage):
     script = ROOT / spec["cmd"].split()[-1]
     deps = {d if isinstance(d, str) else next(iter(d)) for d in spec["deps"]}
     assert str(script.relative_to(ROOT)) in deps
-    used = {str(_module_file(m).relative_to(ROOT)) for m in _closure(script) if m not in PLUMBING}
+    used = {str(_module_file(m).relative_to(ROOT)) for m in _closure(script, stage) if m not in PLUMBING}
     missing = sorted(used - deps)
     assert not missing, f"stage {stage} runs {missing} but dvc.yaml does not list them as deps"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_deps_exist(stage):
+    """A dep that names a moved or deleted file would make `dvc repro` fail (or silently
+    track nothing)."""
+    deps = {d if isinstance(d, str) else next(iter(d)) for d in STAGES[stage]["deps"]}
+    code = [d for d in deps if d.startswith(("src/", "stages/"))]
+    assert code and all((ROOT / d).exists() for d in code), [d for d in code if not (ROOT / d).exists()]

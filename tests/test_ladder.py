@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from newllm import ladder
+from newllm import experiments as ladder
 from newllm.errors import ConfigError
-from newllm.report import has_remote_refs
+from newllm.html.run_report import has_remote_refs
 
 
 def _entry(rev: str, name: str | None, n: int, tokens: int | None, p1_time: float = 1.0) -> dict:
@@ -91,7 +91,7 @@ def test_plan_checks_overrides_before_queueing(tmp_path, monkeypatch):
 
 def test_ladder_two_scales_as_experiments_metrics_diff_and_comparison(dvc_repo):
     repo = dvc_repo
-    p = repo.run(sys.executable, "-m", "newllm.ladder", "--scales", "6,8", "--name-prefix", "t",
+    p = repo.run(sys.executable, "-m", "newllm.experiments", "--scales", "6,8", "--name-prefix", "t",
                  "--set", "phase2.epochs=1", timeout=900)
     assert "comparison:" in p.stdout
 
@@ -111,7 +111,7 @@ def test_ladder_two_scales_as_experiments_metrics_diff_and_comparison(dvc_repo):
     assert "t-6" in html and "t-8" in html and html.count("<img") == 3
 
     # --compare-only reads the same experiments again
-    p = repo.run(sys.executable, "-m", "newllm.ladder", "--compare-only", "--names", "t-6,t-8",
+    p = repo.run(sys.executable, "-m", "newllm.experiments", "--compare-only", "--names", "t-6,t-8",
                  "--out-dir", "cmp")
     assert "comparison:" in p.stdout
     assert (repo.path / "cmp/scales.csv").read_text() == (repo.path / "reports/scales.csv").read_text()
@@ -132,6 +132,6 @@ def test_ladder_refuses_existing_names_and_reports_failures(tmp_path, monkeypatc
 
 
 def test_ladder_outside_a_repo_is_a_clear_error(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "newllm.ladder", "--compare-only"], cwd=tmp_path,
+    p = subprocess.run([sys.executable, "-m", "newllm.experiments", "--compare-only"], cwd=tmp_path,
                        capture_output=True, text=True)
     assert p.returncode == 2 and "dvc.yaml" in p.stderr

@@ -7,10 +7,8 @@ import json
 import time
 
 import nbformat
-import pytest
-from nbclient import NotebookClient
-
 from conftest import ROOT, DvcRepo, make_dvc_repo
+from nbclient import NotebookClient
 
 NOTEBOOK = ROOT / "notebooks" / "colab.ipynb"
 

@@ -1,17 +1,15 @@
 """The batched Phase 1 engine equals the plain per-token reference."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
+from reference import phase1_reference, token_order
 
-from newllm.config import ModelConfig, Phase1Config, RuntimeConfig
+from newllm.config import ModelConfig, Phase1Config
+from newllm.cvfp.engine import Schedule, batch_ranges
+from newllm.cvfp.model import build_model, count_parameters
+from newllm.cvfp.phase1 import Phase1Trainer
 from newllm.data.tokens import TokenSet
-from newllm.engine import Schedule, batch_ranges
-from newllm.model import build_model, count_parameters
-from newllm.phase1 import Phase1Trainer
-from newllm.reference import phase1_reference, token_order
 from newllm.runtime import Runtime
 
 TINY = ModelConfig(context_dim=8, embed_dim=6, num_layers=2, vocab_size=50)
@@ -26,7 +24,7 @@ def toy_tokens(seed=0, lengths=(7, 3, 9, 1, 5)):
 def fuse(request, monkeypatch):
     """Both ways of getting a batch's forward: a no-grad scan then a batched forward over the
     batch, or the scan itself keeping its graph (``Phase1Trainer._fusable``)."""
-    import newllm.phase1 as p1
+    import newllm.cvfp.phase1 as p1
     fused = request.param == "fused"
     monkeypatch.setattr(p1, "FUSE_MIN_ROWS", 0 if fused else 10 ** 9)
     calls = []
@@ -112,7 +110,7 @@ def test_short_run_trains_and_changes_theta():
     tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), "fp32"), seed=0)
     tr.run()
     assert tr.state.steps == 2 * 4
-    from newllm.phase1 import relative_change
+    from newllm.cvfp.phase1 import relative_change
     assert relative_change(theta0, model.layer_state()) > 1e-3
 
 
@@ -132,7 +130,7 @@ def test_bf16_autocast_runs_close_to_fp32():
 def test_pass_noise_by_schedule_position_in_blocks(monkeypatch):
     """Noise rows depend only on (seed, pass, global schedule position): any split of a
     range gives the same rows, across block boundaries; passes and seeds differ; sigma scales."""
-    import newllm.phase1 as p1
+    import newllm.cvfp.phase1 as p1
     monkeypatch.setattr(p1, "NOISE_BLOCK", 5)
     nz = p1.pass_noise(seed=2, k=1, d=3, std=0.5)
     full = nz.rows(0, 23)
@@ -152,7 +150,7 @@ def test_pass_noise_by_schedule_position_in_blocks(monkeypatch):
 @pytest.mark.parametrize("batch_tokens", [4, 7])
 def test_noise_blocks_smaller_than_batches_match_reference(batch_tokens, monkeypatch):
     """Batches spanning several noise blocks (block of 3 positions) still equal the reference."""
-    import newllm.phase1 as p1
+    import newllm.cvfp.phase1 as p1
     monkeypatch.setattr(p1, "NOISE_BLOCK", 3)
     tr, m1, m2, ctx_fast, ref, g_fast, g_ref = run_both("sample", batch_tokens, 3, torch.float64)
     for a, b in zip(ctx_fast, ref["contexts"]):
@@ -165,7 +163,7 @@ def test_noise_blocks_smaller_than_batches_match_reference(batch_tokens, monkeyp
 def test_convergence_diffs_match_a_per_token_loop(mode):
     """validate_rank's final_diff: frozen passes carrying each stream's last context, diff_j =
     mean |c^j - c^(j-1)|, checked against a plain loop over streams and tokens."""
-    from newllm.phase1 import convergence_diffs, embed_all
+    from newllm.cvfp.phase1 import convergence_diffs, embed_all
     ts = toy_tokens()
     model = build_model(TINY, seed=4)
     rt = Runtime(torch.device("cpu"), "fp32")

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import phase2_reference, token_order
 
-from newllm.baselines import baselines
+from newllm.baselines.ngram import baselines
 from newllm.config import ModelConfig, Phase2Config, from_dict
+from newllm.cvfp.model import build_model
+from newllm.cvfp.phase2 import Phase2Trainer, next_token_targets, prepare_head
 from newllm.data.tokens import TokenSet, save_token_set
 from newllm.errors import CheckpointError, NumericalError
-from newllm.model import build_model
-from newllm.phase2 import Phase2Trainer, next_token_targets, prepare_head
-from newllm.reference import phase2_reference, token_order
 from newllm.runtime import Runtime
 
 TINY = ModelConfig(context_dim=8, embed_dim=6, num_layers=2, vocab_size=50)
@@ -60,7 +60,7 @@ def run_both(mode, cfg, dtype, head="token", embeddings_frozen=False):
 def test_fused_linear_cross_entropy_equals_f_cross_entropy(dtype, cd, tol):
     from torch.nn import functional as Fn
 
-    from newllm.phase2 import LinearCrossEntropy
+    from newllm.cvfp.phase2 import LinearCrossEntropy
     g = torch.Generator().manual_seed(0)
     h0, w0, b0 = (torch.randn(*s, generator=g, dtype=dtype) for s in ((7, 5), (11, 5), (11,)))
     y = torch.randint(0, 11, (7,), generator=g)
@@ -82,7 +82,7 @@ def test_ce_rows_in_blocks_equals_cross_entropy_and_argmax(monkeypatch, block_by
     ties count as hits only at the first maximal index (argmax's rule)."""
     from torch.nn import functional as Fn
 
-    import newllm.phase2 as p2
+    import newllm.cvfp.phase2 as p2
     monkeypatch.setattr(p2, "CE_BLOCK_BYTES", block_bytes)
     g = torch.Generator().manual_seed(1)
     z0 = torch.randn(10, 11, generator=g, dtype=torch.float64).to(dtype)
@@ -329,7 +329,7 @@ PARAMS = {"model": {"context_dim": 8, "embed_dim": 8, "num_layers": 2, "vocab_si
 
 def stage_inputs(tmp_path, monkeypatch, passed=True):
     from newllm import paths
-    from newllm.pipeline import phase1
+    from newllm.stages import phase1_fixed_point as phase1
     monkeypatch.chdir(tmp_path)
     save_token_set(toy_tokens(0, (12, 9, 16, 5, 12), vocab=64), paths.TOKENS_TRAIN)
     save_token_set(toy_tokens(1, (10, 7, 11), vocab=64), paths.TOKENS_VAL)
@@ -339,9 +339,9 @@ def stage_inputs(tmp_path, monkeypatch, passed=True):
 
 def test_stage_writes_outputs_and_resumes_identically(tmp_path, monkeypatch, caplog):
     from newllm import paths
+    from newllm.cvfp.phase2 import Phase2Trainer as T
     from newllm.generate import load_for_generation
-    from newllm.phase2 import Phase2Trainer as T
-    from newllm.pipeline import phase2
+    from newllm.stages import phase2_lm as phase2
     stage_inputs(tmp_path, monkeypatch, passed=False)
     cfg = from_dict(PARAMS, phase2.SECTIONS)
     m = phase2.run(cfg)
@@ -392,7 +392,7 @@ def test_stage_writes_outputs_and_resumes_identically(tmp_path, monkeypatch, cap
 
 def test_stage_needs_the_gate(tmp_path, monkeypatch):
     from newllm import paths
-    from newllm.pipeline import phase2
+    from newllm.stages import phase2_lm as phase2
     stage_inputs(tmp_path, monkeypatch)
     paths.GATE.unlink()
     with pytest.raises(CheckpointError, match="gate"):
@@ -401,8 +401,8 @@ def test_stage_needs_the_gate(tmp_path, monkeypatch):
 
 def test_stage_ignores_an_unreadable_resume_state(tmp_path, monkeypatch, caplog):
     from newllm import paths
-    from newllm.phase2 import Phase2Trainer as T
-    from newllm.pipeline import phase2
+    from newllm.cvfp.phase2 import Phase2Trainer as T
+    from newllm.stages import phase2_lm as phase2
     stage_inputs(tmp_path, monkeypatch)
     cfg = from_dict(PARAMS, phase2.SECTIONS)
     ref = phase2.run(cfg)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-
 HEADLINE = ["train.tokens", "passes", "optimizer_steps", "param_change", "train.er_pct", "val.er_pct",
             "train.er_pct_untrained", "final_diff", "passed", "val.loss", "val.ppl", "val.acc",
             "baseline.unigram_ppl", "baseline.bigram_ppl", "baseline.majority_acc", "time_s", "tokens_per_s",

@@ -5,7 +5,13 @@ import math
 
 import torch
 
-from newllm.rank import context_report, effective_rank, gaussian_er, mean_pairwise_cosine, singular_values
+from newllm.cvfp.rank import (
+    context_report,
+    effective_rank,
+    gaussian_er,
+    mean_pairwise_cosine,
+    singular_values,
+)
 
 
 def matrix_with_singular_values(s: list[float], n: int, seed: int = 0) -> torch.Tensor:

@@ -17,13 +17,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import (
+    assert_clean_error,
+    chain,
+    copy_run,
+    load_json,
+    run_chain,
+    run_stage,
+    snapshot,
+    stable_csv,
+    stable_metrics,
+    write_params,
+)
 
 from newllm import config as config_mod
 from newllm.errors import NumericalError
 from newllm.io import state_dict_digest, torch_load
 from newllm.resume import first_non_finite
-from reliability_helpers import (assert_clean_error, chain, copy_run, load_json, run_chain, run_stage,
-                                 snapshot, stable_csv, stable_metrics, write_params)
 
 P1, VAL, P2 = "phase1_fixed_point", "validate_rank", "phase2_lm"
 
@@ -92,8 +102,8 @@ def test_phase1_numerical_fault_stops_and_keeps_the_last_good_state(prepared_run
 
 
 def _run_phase1_in_process(d: Path, monkeypatch, poison_before_pass: int | None = None) -> None:
-    from newllm.phase1 import Phase1Trainer
-    from newllm.pipeline import phase1
+    from newllm.cvfp.phase1 import Phase1Trainer
+    from newllm.stages import phase1_fixed_point as phase1
 
     if poison_before_pass is not None:
         original = Phase1Trainer.run_pass
@@ -169,8 +179,8 @@ def test_validate_refuses_non_finite_phase1_outputs(prepared_run, tmp_path, pois
 
 def test_phase2_nan_parameter_stops_and_the_rerun_resumes_to_the_same_result(prepared_run, tmp_path,
                                                                             monkeypatch, threads):
-    from newllm.phase2 import Phase2Trainer
-    from newllm.pipeline import phase2
+    from newllm.cvfp.phase2 import Phase2Trainer
+    from newllm.stages import phase2_lm as phase2
 
     assert load_json(prepared_run / "metrics/phase2.json")["epochs"] == 2  # the fault hits epoch 2
     d = copy_run(prepared_run, tmp_path / "run")

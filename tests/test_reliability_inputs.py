@@ -11,13 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import (
+    assert_clean_error,
+    copy_run,
+    load_json,
+    run_stage,
+    snapshot,
+    write_params,
+)
 
 from newllm.config import ModelConfig
+from newllm.cvfp.model import build_model
 from newllm.errors import CheckpointError
 from newllm.io import torch_load
-from newllm.model import build_model
-from reliability_helpers import (assert_clean_error, copy_run, load_json, run_stage, snapshot,
-                                 write_params)
 
 P1, VAL, P2, FETCH, TOK = "phase1_fixed_point", "validate_rank", "phase2_lm", "fetch_ultrachat", "tokenize_cache"
 

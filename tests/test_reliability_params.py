@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from reliability_helpers import (assert_clean_error, copy_run, run_stage, snapshot,
-                                 write_params)
+from reliability_helpers import (
+    assert_clean_error,
+    copy_run,
+    run_stage,
+    snapshot,
+    write_params,
+)
 
 P1, VAL, FETCH, TOK = "phase1_fixed_point", "validate_rank", "fetch_ultrachat", "tokenize_cache"
 NAN, INF = float("nan"), float("inf")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 
 import torch
-
 from conftest import DvcRepo
+
 from newllm.io import sha256_file, state_dict_digest
 
 CACHED = ["data/raw/train.jsonl", "data/raw/val.jsonl", "data/tokens/train.pt", "data/tokens/val.pt",

@@ -16,7 +16,7 @@ import pytest
 
 from newllm import paths
 from newllm.config import Config, ReportConfig
-from newllm.report import build_report, fmt, get, has_remote_refs, model_size
+from newllm.html.run_report import build_report, fmt, get, has_remote_refs, model_size
 
 D_C, D_E, LAYERS, VOCAB = 64, 48, 2, 50257
 
@@ -153,7 +153,7 @@ def test_model_size_matches_spec_and_model():
         == 91_429_969
     torch = pytest.importorskip("torch")  # noqa: F841
     from newllm.config import ModelConfig
-    from newllm.model import CVFPModel, count_parameters
+    from newllm.cvfp.model import CVFPModel, count_parameters
     mc = ModelConfig(context_dim=8, embed_dim=6, num_layers=3, vocab_size=50)
     for head in ("token", "context"):
         assert model_size(mc.__dict__, head)["total"] == count_parameters(CVFPModel(mc, head))
@@ -317,7 +317,7 @@ def test_generation_is_escaped_and_uses_report_params(tmp_path, monkeypatch):
 
 
 def test_pipeline_run_writes_report(tmp_path, monkeypatch, capsys):
-    from newllm.pipeline import report as stage
+    from newllm.stages import report as stage
     write_run(tmp_path, good=True)
     monkeypatch.chdir(tmp_path)
     out = stage.run(Config(seed=0, report=cfg()))
@@ -340,7 +340,7 @@ def test_generation_with_a_real_tiny_checkpoint(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from newllm.config import ModelConfig
-    from newllm.model import build_model
+    from newllm.cvfp.model import build_model
 
     words = ["[UNK]", "hello", "how", "are", "you", "?", "fine", "the", "capital", "paris", "<|endoftext|>"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))

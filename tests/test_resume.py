@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_dvc_repo
+
 from newllm.io import state_dict_digest
 
 # Big enough that a Phase 1 pass (~400 optimizer steps) and a Phase 2 epoch take a
@@ -184,6 +184,7 @@ def _toy_inputs(d: Path) -> None:
 
 def _cfg(stage_module, upd: dict | None = None):
     from conftest import deep_update
+
     from newllm.config import from_dict
     return from_dict(deep_update(TOY, upd or {}), stage_module.SECTIONS)
 
@@ -223,8 +224,8 @@ def toy_dir(tmp_path, monkeypatch):
 
 
 def test_phase1_checkpoint_of_other_params_is_ignored_and_mirror_is_used(toy_dir, monkeypatch, caplog):
-    from newllm.phase1 import Phase1Trainer
-    from newllm.pipeline import phase1
+    from newllm.cvfp.phase1 import Phase1Trainer
+    from newllm.stages import phase1_fixed_point as phase1
     caplog.set_level("INFO")
     _toy_inputs(toy_dir)
     other = {"phase1": {"learning_rate": 0.001}}
@@ -264,8 +265,9 @@ def test_phase1_checkpoint_of_other_params_is_ignored_and_mirror_is_used(toy_dir
 
 def test_phase2_checkpoint_of_other_params_is_ignored_and_mirror_is_used(toy_dir, monkeypatch, caplog):
     from newllm import paths
-    from newllm.phase2 import Phase2Trainer
-    from newllm.pipeline import phase1, phase2
+    from newllm.cvfp.phase2 import Phase2Trainer
+    from newllm.stages import phase1_fixed_point as phase1
+    from newllm.stages import phase2_lm as phase2
     caplog.set_level("INFO")
     _toy_inputs(toy_dir)
     phase1.run(_cfg(phase1))

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT
+
 from newllm.config import Phase1Config, RuntimeConfig
+from newllm.cvfp.model import build_model
+from newllm.cvfp.phase1 import Phase1Trainer
 from newllm.errors import NewLLMError
-from newllm.model import build_model
-from newllm.phase1 import Phase1Trainer
 from newllm.runtime import OutOfMemoryError, Runtime, oom_advice, peak_memory
 
 OOM_TEXT = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 14.75 GiB total capacity)"
@@ -144,8 +144,8 @@ def _oom(*args, **kwargs):
     raise OutOfMemoryError(OOM_TEXT)
 
 
-@pytest.mark.parametrize("target", ["newllm.phase1.Phase1Trainer.run_pass",    # in the training loop
-                                    "newllm.pipeline.phase1.frozen_passes"])   # before it (validation)
+@pytest.mark.parametrize("target", ["newllm.cvfp.phase1.Phase1Trainer.run_pass",    # in the training loop
+                                    "newllm.stages.phase1_fixed_point.frozen_passes"])   # before it (validation)
 def test_phase1_stage_oom_message(target, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _inputs(tmp_path)
@@ -160,12 +160,12 @@ def test_phase1_stage_oom_message(target, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "models/phase1.pt").exists()
 
 
-@pytest.mark.parametrize("target", ["newllm.phase2.Phase2Trainer.run_epoch",   # in the training loop
-                                    "newllm.pipeline.phase2.baselines"])        # before it
+@pytest.mark.parametrize("target", ["newllm.cvfp.phase2.Phase2Trainer.run_epoch",   # in the training loop
+                                    "newllm.stages.phase2_lm.baselines"])        # before it
 def test_phase2_stage_oom_message(target, tmp_path, monkeypatch, capsys):
     from newllm import paths
     from newllm.config import from_dict
-    from newllm.pipeline import phase1
+    from newllm.stages import phase1_fixed_point as phase1
     monkeypatch.chdir(tmp_path)
     _inputs(tmp_path)
     phase1.run(from_dict(TOY, phase1.SECTIONS))
@@ -183,7 +183,8 @@ def test_phase2_stage_oom_message(target, tmp_path, monkeypatch, capsys):
 def test_stages_record_precision_device_and_peak_memory(tmp_path, monkeypatch):
     from newllm import paths
     from newllm.config import from_dict
-    from newllm.pipeline import phase1, phase2
+    from newllm.stages import phase1_fixed_point as phase1
+    from newllm.stages import phase2_lm as phase2
     monkeypatch.chdir(tmp_path)
     _inputs(tmp_path)
     cfg = {**TOY, "runtime": {"device": "auto", "precision": "fp16", "threads": 1}}

@@ -1,13 +1,17 @@
-"""Shared entry-point plumbing for the thin scripts in ``stages/``."""
+"""Shared entry-point plumbing: every script in ``stages/`` is ``stage_main("<stage name>")``."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from typing import Callable
 
-from .errors import NewLLMError
+from newllm.errors import NewLLMError
+
+# The param whose batch size a stage's out-of-memory message names first (stages that train).
+OOM_BATCH_KEY = {"phase1_fixed_point": "phase1.batch_tokens", "phase2_lm": "phase2.batch_tokens",
+                 "transformer_lm": "transformer.batch_tokens"}
 
 
 def setup_logging() -> None:
@@ -15,14 +19,35 @@ def setup_logging() -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
-def run_stage(main: Callable[[argparse.Namespace], None], description: str) -> None:
-    """Parse ``--params``, run ``main``; a NewLLMError exits 2 with its message, no traceback."""
-    parser = argparse.ArgumentParser(description=description)
+def _run_stage(name: str, params: str) -> None:
+    from newllm.config import STAGE_SECTIONS, load
+
+    sections = STAGE_SECTIONS[name]
+    cfg = load(params, sections=sections)  # every key checked before torch is imported
+    if "runtime" in sections:
+        from newllm.runtime import check_device, oom_advice
+        check_device(cfg.runtime)  # before torchrun starts dist.nproc processes that would all fail
+    if "dist" in sections:
+        from newllm.dist import relaunch_under_torchrun
+        relaunch_under_torchrun(cfg.dist.nproc)
+    module = importlib.import_module(f"newllm.stages.{name}")
+    if name in OOM_BATCH_KEY:
+        with oom_advice(name, OOM_BATCH_KEY[name]):
+            module.run(cfg)
+    else:
+        module.run(cfg)
+
+
+def stage_main(name: str) -> None:
+    """Parse ``--params``, run stage ``name`` (``newllm.stages.<name>.run``); a NewLLMError exits 2
+    with its message and no traceback."""
+    parser = argparse.ArgumentParser(prog=f"stages/{name}.py",
+                                     description=f"DVC stage {name} (code: src/newllm/stages/{name}.py)")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args()
     setup_logging()
     try:
-        main(args)
+        _run_stage(name, args.params)
     except NewLLMError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import ConfigError
+from newllm.errors import ConfigError
 
 # ---------------------------------------------------------------------------
 # field checks: each returns None when the value is fine, else "what is allowed"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from .config import from_dict
-from .errors import CheckpointError, ConfigError, DataError, NewLLMError
-from .io import torch_load
-from .model import CVFPModel, load_model_state
+from newllm.config import from_dict
+from newllm.cvfp.model import CVFPModel, load_model_state
+from newllm.errors import CheckpointError, ConfigError, DataError, NewLLMError
+from newllm.io import torch_load
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -100,7 +100,7 @@ def generate(model: CVFPModel, tokenizer, prompt: str, max_new_tokens: int, temp
 def load_tokenizer(path):
     """``newllm.data.tokenize.load_tokenizer`` (a directory holding tokenizer.json, or the file)."""
     try:
-        from .data.tokenize import load_tokenizer as _load
+        from newllm.data.tokenize import load_tokenizer as _load
     except ImportError:
         _load = None
     if _load is not None:
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.max_new_tokens < 0 or args.temperature < 0 or args.top_k < 0:
         parser.error("--max-new-tokens, --temperature and --top-k must be >= 0")
-    from .cli import setup_logging
+    from newllm.cli import setup_logging
     setup_logging()
     try:
         model = load_for_generation(args.checkpoint, args.device)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from newllm.errors import CheckpointError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .config import ResumeConfig
-from .errors import CheckpointError
-from .io import atomic_copy_file, atomic_torch_save, torch_load
+from newllm.config import ResumeConfig
+from newllm.errors import CheckpointError
+from newllm.io import atomic_copy_file, atomic_torch_save, torch_load
 
 log = logging.getLogger(__name__)
 

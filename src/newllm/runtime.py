@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import RuntimeConfig
-from .errors import NewLLMError
+from newllm.config import RuntimeConfig
+from newllm.errors import NewLLMError
 
 log = logging.getLogger(__name__)
 

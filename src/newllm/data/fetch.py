@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import random
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import islice
@@ -38,11 +37,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from .. import paths
-from ..config import Config, DataConfig
-from ..errors import DataError
-from ..io import atomic_write_json, atomic_write_text
-from .tokenize import build_tokenizer
+from newllm.config import DataConfig
+from newllm.data.tokenize import build_tokenizer
+from newllm.errors import DataError
+from newllm.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +127,12 @@ def _check_enough(rows: list[dict], needed: int, skipped: Counter[str], what: st
         return
     if not rows and not skipped:
         raise DataError(f"{what} is empty: no rows at all. {remedy}")
-    skip = f" ({sum(skipped.values())} rows skipped: {_reasons(skipped)})" if skipped else ""
+    skip = f" ({sum(skipped.values())} rows skipped: {reasons_text(skipped)})" if skipped else ""
     raise DataError(f"{what} has only {len(rows)} usable rows{skip}, but {needed} are needed. "
                     f"{remedy}")
 
 
-def _reasons(skipped: Counter[str]) -> str:
+def reasons_text(skipped: Counter[str]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
 
 
@@ -344,22 +342,3 @@ def write_raw(data: RawData, source: str, out_dir: Path) -> dict:
             "val_rows": len(data.val), "skipped": dict(data.skipped)}
     atomic_write_json(out_dir / "fetch_info.json", info)
     return info
-
-
-def run(cfg: Config, out_dir: Path = paths.RAW_TRAIN.parent,
-        metrics_path: Path = paths.FETCH_METRICS) -> RawData:
-    """Fetch and write ``out_dir``; ``metrics_path`` gets the counts, wall time and peak RSS
-    (kept out of ``data/raw`` so that the DVC output stays a pure function of the params)."""
-    from ..runtime import peak_rss_mb
-
-    t0 = time.perf_counter()
-    data = fetch(cfg.data, cfg.seed)
-    if data.skipped:
-        log.warning("skipped %d source rows (%s)", sum(data.skipped.values()), _reasons(data.skipped))
-    info = write_raw(data, cfg.data.source, out_dir)
-    atomic_write_json(metrics_path, {**{k: v for k, v in info.items() if k != "skipped"},
-                                     "skipped_rows": sum(data.skipped.values()),
-                                     "time_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": peak_rss_mb()})
-    log.info("wrote %d training and %d validation conversations from %s to %s",
-             len(data.train), len(data.val), data.origin, out_dir)
-    return data

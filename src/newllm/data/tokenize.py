@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,9 @@ from typing import Any
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-from .. import paths
-from ..config import Config
-from ..errors import DataError
-from ..io import atomic_write_json, atomic_write_text, read_json
-from .tokens import TokenSet, save_token_set
+from newllm.data.tokens import TokenSet
+from newllm.errors import DataError
+from newllm.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -147,50 +144,5 @@ def unseen_type_frac(train: TokenSet, val: TokenSet) -> float:
     return round(float(unseen.float().mean()), 6)
 
 
-def _split_metrics(ts: TokenSet, short: int) -> dict[str, int]:
+def split_metrics(ts: TokenSet, short: int) -> dict[str, int]:
     return {"samples": ts.num_samples, "tokens": ts.num_tokens, "short_samples": short}
-
-
-def run(cfg: Config, raw_dir: Path = paths.RAW_TRAIN.parent,
-        tokens_dir: Path = paths.TOKENS_TRAIN.parent, tokenizer_dir: Path = paths.TOKENIZER_DIR,
-        metrics_path: Path = paths.DATA_METRICS) -> dict[str, Any]:
-    """Tokenize ``raw_dir``'s conversations; returns the metrics it writes."""
-    from ..runtime import peak_rss_mb
-
-    t0 = time.perf_counter()
-    fetch_info = read_json(raw_dir / "fetch_info.json", "fetch info")
-    if not (isinstance(fetch_info, dict) and isinstance(fetch_info.get("source"), str)
-            and isinstance(fetch_info.get("skipped"), dict)):
-        raise DataError(f"fetch info {raw_dir / 'fetch_info.json'} lacks source/skipped; delete {raw_dir} "
-                        f"and run `dvc repro fetch_ultrachat`")
-    texts = {}
-    for split in ("train", "val"):  # every input checked before any work or write
-        texts[split] = [conversation_text(r) for r in read_rows(raw_dir / f"{split}.jsonl")]
-        if not texts[split]:
-            raise DataError(f"{raw_dir / f'{split}.jsonl'} holds no conversations; check data.* "
-                            f"params and run `dvc repro fetch_ultrachat`")
-    tok = build_tokenizer(cfg.data.tokenizer)
-    max_len = cfg.data.max_seq_length
-    sets = {}
-    metrics: dict[str, Any] = {
-        "source": fetch_info["source"], "tokenizer": cfg.data.tokenizer, "max_seq_length": max_len,
-        "vocab_size": tok.get_vocab_size(),
-        "skipped_rows": {"total": sum(fetch_info["skipped"].values()), **fetch_info["skipped"]}}
-    for split in ("train", "val"):
-        sets[split], short = tokenize_texts(tok, texts[split], max_len)
-        if sets[split].num_tokens < 2:
-            raise DataError(f"{raw_dir / f'{split}.jsonl'} gives {sets[split].num_tokens} token; every later "
-                            f"stage needs at least 2 per split: raise data.num_samples or data.val_fraction, "
-                            f"or use longer conversations")
-        metrics[split] = _split_metrics(sets[split], short)
-    for split in ("train", "val"):
-        save_token_set(sets[split], Path(tokens_dir) / f"{split}.pt")
-    metrics["val"]["unseen_type_frac"] = unseen_type_frac(sets["train"], sets["val"])
-    save_tokenizer(tok, tokenizer_dir)
-    metrics["time_s"] = round(time.perf_counter() - t0, 2)
-    metrics["peak_rss_mb"] = peak_rss_mb()
-    atomic_write_json(metrics_path, metrics)
-    log.info("tokenized %d training samples (%d tokens) and %d validation samples (%d tokens)",
-             metrics["train"]["samples"], metrics["train"]["tokens"], metrics["val"]["samples"],
-             metrics["val"]["tokens"])
-    return metrics

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DataError
-from ..io import atomic_torch_save, torch_load
+from newllm.errors import DataError
+from newllm.io import atomic_torch_save, torch_load
 
 FORMAT = 1
 

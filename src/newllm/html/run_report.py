@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import paths
-from .config import ReportConfig
+from newllm import paths
+from newllm.config import ReportConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ SEED_PHASE1 = {"train_er_pct": (88.0, 90.0), "val_er_pct": (80.0, 83.0), "cvfp_l
                "passes": (3, 5)}
 SEED_PHASE2 = {"loss": (4.5, 5.5), "ppl": (90.0, 250.0), "acc_pct": (10.0, 15.0)}
 
-# Degeneracy thresholds of newllm.rank (kept here as documentation defaults).
+# Degeneracy thresholds of newllm.cvfp.rank (kept here as documentation defaults).
 try:  # pragma: no cover - trivial
-    from .rank import ATTRACTOR_COS, COLLAPSE_ER_PCT, NEAR_ZERO_NORM
+    from newllm.cvfp.rank import ATTRACTOR_COS, COLLAPSE_ER_PCT, NEAR_ZERO_NORM
 except Exception:  # pragma: no cover
     ATTRACTOR_COS, NEAR_ZERO_NORM, COLLAPSE_ER_PCT = 0.95, 1e-3, 10.0
 

@@ -23,20 +23,32 @@ import time
 
 import torch
 
-from .. import paths
-from ..baselines import baselines
-from ..config import Config
-from ..data.tokens import load_token_set
-from ..dist import init_from_env, shutdown
-from ..errors import CheckpointError, NumericalError
-from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json, state_dict_digest
-from ..phase2 import EpochRecord, Phase2Trainer, limit_heap_retention, ppl, prepare_head
-from ..resume import ResumeStore, first_non_finite, fingerprint
-from ..runtime import Runtime, merge_peaks, oom_advice, peak_memory
-from .phase1 import history_csv, load_checkpoint
+from newllm import paths
+from newllm.baselines.ngram import baselines
+from newllm.config import STAGE_SECTIONS, Config
+from newllm.cvfp.phase2 import (
+    EpochRecord,
+    Phase2Trainer,
+    limit_heap_retention,
+    ppl,
+    prepare_head,
+)
+from newllm.data.tokens import load_token_set
+from newllm.dist import init_from_env, shutdown
+from newllm.errors import CheckpointError, NumericalError
+from newllm.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    state_dict_digest,
+)
+from newllm.resume import ResumeStore, fingerprint, first_non_finite
+from newllm.runtime import Runtime, merge_peaks, oom_advice, peak_memory
+from newllm.stages.phase1_fixed_point import history_csv, load_checkpoint
 
 log = logging.getLogger(__name__)
-SECTIONS = ["phase2", "runtime", "resume", "dist"]
+SECTIONS = STAGE_SECTIONS["phase2_lm"]
 CSV_COLUMNS = ["epoch", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_acc", "optimizer_steps",
                "time_s", "tokens_per_s", "unigram_ppl", "bigram_ppl"]
 

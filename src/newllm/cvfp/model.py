@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as Fn
 
-from .config import ModelConfig
-from .errors import CheckpointError, NewLLMError
+from newllm.config import ModelConfig
+from newllm.errors import CheckpointError, NewLLMError
 
 log = logging.getLogger(__name__)
 

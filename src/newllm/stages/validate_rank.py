@@ -6,16 +6,21 @@ import time
 
 import torch
 
-from .. import paths
-from ..config import STAGE_SECTIONS, Config, Phase1Config
-from ..data.tokens import load_token_set
-from ..engine import Schedule
-from ..errors import CheckpointError, DataError, NewLLMError
-from ..io import atomic_write_json, atomic_write_text, torch_load
-from ..phase1 import convergence_diffs, embed_all
-from ..rank import context_report, effective_rank, gaussian_er, singular_values
-from ..runtime import Runtime, peak_memory
-from .phase1 import load_checkpoint
+from newllm import paths
+from newllm.config import STAGE_SECTIONS, Config, Phase1Config
+from newllm.cvfp.engine import Schedule
+from newllm.cvfp.phase1 import convergence_diffs, embed_all
+from newllm.cvfp.rank import (
+    context_report,
+    effective_rank,
+    gaussian_er,
+    singular_values,
+)
+from newllm.data.tokens import load_token_set
+from newllm.errors import CheckpointError, DataError, NewLLMError
+from newllm.io import atomic_write_json, atomic_write_text, torch_load
+from newllm.runtime import Runtime, peak_memory
+from newllm.stages.phase1_fixed_point import load_checkpoint
 
 log = logging.getLogger(__name__)
 SECTIONS = STAGE_SECTIONS["validate_rank"]

@@ -1,6 +1,6 @@
 """Baselines reported beside Phase 2 on the same tokens (cvfp.md, "Phase 2").
 
-Targets are Phase 2's (``newllm.phase2.next_token_targets``): pairs ``(tok_t, tok_{t+1})``
+Targets are Phase 2's (``newllm.cvfp.phase2.next_token_targets``): pairs ``(tok_t, tok_{t+1})``
 within a stream. All counts come from the training pairs; the losses are the mean
 cross-entropy (nats) over the validation pairs.
 
@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .phase2 import next_token_targets
+from newllm.cvfp.phase2 import next_token_targets
 
 
 def pairs(tokens: torch.Tensor, offsets: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,17 +8,30 @@ import time
 
 import torch
 
-from .. import paths
-from ..config import STAGE_SECTIONS, Config, ModelConfig, from_dict
-from ..data.tokens import load_token_set
-from ..dist import init_from_env, shutdown
-from ..engine import Schedule
-from ..errors import CheckpointError, ConfigError, NumericalError
-from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json, state_dict_digest, torch_load
-from ..model import build_model, load_model_state
-from ..phase1 import NOISE_SCHEME, Phase1Trainer, embed_all, frozen_passes, relative_change
-from ..resume import ResumeStore, fingerprint, first_non_finite
-from ..runtime import Runtime, merge_peaks, oom_advice, peak_memory
+from newllm import paths
+from newllm.config import STAGE_SECTIONS, Config, ModelConfig, from_dict
+from newllm.cvfp.engine import Schedule
+from newllm.cvfp.model import build_model, load_model_state
+from newllm.cvfp.phase1 import (
+    NOISE_SCHEME,
+    Phase1Trainer,
+    embed_all,
+    frozen_passes,
+    relative_change,
+)
+from newllm.data.tokens import load_token_set
+from newllm.dist import init_from_env, shutdown
+from newllm.errors import CheckpointError, ConfigError, NumericalError
+from newllm.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    state_dict_digest,
+    torch_load,
+)
+from newllm.resume import ResumeStore, fingerprint, first_non_finite
+from newllm.runtime import Runtime, merge_peaks, oom_advice, peak_memory
 
 log = logging.getLogger(__name__)
 SECTIONS = STAGE_SECTIONS["phase1_fixed_point"]

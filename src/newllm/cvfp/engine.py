@@ -11,7 +11,7 @@ that order. Because the context entering each step is detached, the loss of
 every token in a batch depends only on its own ``(sg(c_{t-1}), x_t)``: a no-grad
 scan gives those inputs, then one batched forward+backward over the batch's
 tokens (in memory-bounding chunks) gives exactly the per-token loop's gradient.
-``newllm.reference`` is that per-token loop, kept for the tests.
+``reference`` is that per-token loop, kept for the tests.
 """
 from __future__ import annotations
 

@@ -1,16 +1,16 @@
-"""Stage report: the self-contained HTML report of the run (see newllm.report)."""
+"""Stage report: the self-contained HTML report of the run (see newllm.html.run_report)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from .. import paths
-from ..config import Config
-from ..io import atomic_write_text
-from ..report import build_report
+from newllm import paths
+from newllm.config import STAGE_SECTIONS, Config
+from newllm.html.run_report import build_report
+from newllm.io import atomic_write_text
 
 log = logging.getLogger(__name__)
-SECTIONS = ["report"]
+SECTIONS = STAGE_SECTIONS["report"]
 
 
 def run(cfg: Config, root: Path | str = ".") -> Path:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from .config import Phase1Config
-from .model import CVFPModel
-from .phase1 import pass_noise
+from newllm.config import Phase1Config
+from newllm.cvfp.model import CVFPModel
+from newllm.cvfp.phase1 import pass_noise
 
 
 def _step(params: list, opt: torch.optim.Optimizer, clip: float, grad_sink) -> None:
@@ -95,13 +95,17 @@ def phase1_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
 
 def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tensor, cfg, stream: str,
                      embeddings_frozen: bool, grad_sink=None) -> dict:
-    """Phase 2 token by token (``newllm.phase2`` semantics): each token's forward with
+    """Phase 2 token by token (``newllm.cvfp.phase2`` semantics): each token's forward with
     ``c_{-1} = 0`` per stream and the context carried detached, its own CE divided by the
     number of targets of its batch and its own backward; an optimizer step at every batch
     boundary that holds a target. Returns the per-epoch train losses and the step count."""
     from torch.nn import functional as Fn
 
-    from .phase2 import make_optimizer, next_token_targets, trainable_parameters
+    from newllm.cvfp.phase2 import (
+        make_optimizer,
+        next_token_targets,
+        trainable_parameters,
+    )
 
     order = token_order(offsets.tolist(), stream)
     tokens = tokens.long()

@@ -29,7 +29,7 @@ Semantics
   tiny ``batch_tokens``) takes no step. Per batch: a no-grad scan gives each token's
   input context, then forward/backward in chunks of ``phase2.chunk_tokens`` targets, so
   the ``N x V`` logits never exist at once. This equals the per-token loop
-  ``newllm.reference.phase2_reference`` (the tests prove it).
+  ``reference.phase2_reference`` (the tests prove it).
 - Per epoch: train loss (mean CE over the epoch's targets, each taken with the
   parameters of its batch) and perplexity; validation loss, perplexity and top-1
   accuracy (theta frozen: a no-grad scan with ``keep_x`` and chunked logits, one pass,
@@ -53,13 +53,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .config import Phase2Config
-from .dist import SINGLE, Dist
-from .engine import Schedule, batch_ranges, chunks, scan
-from .errors import NumericalError
-from .model import CVFPModel
-from .phase1 import embed_all
-from .runtime import Progress, Runtime
+from newllm.config import Phase2Config
+from newllm.cvfp.engine import Schedule, batch_ranges, chunks, scan
+from newllm.cvfp.model import CVFPModel
+from newllm.cvfp.phase1 import embed_all
+from newllm.dist import SINGLE, Dist
+from newllm.errors import NumericalError
+from newllm.runtime import Progress, Runtime
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The scale ladder as DVC experiments, and the comparison across scales.
 
-    python -m newllm.ladder                                   # 50,78,195,390,781 samples, then compare
-    python -m newllm.ladder --scales 50,78 --set phase2.epochs=2 --set runtime.precision=bf16
-    python -m newllm.ladder --compare-only                    # reports/scales.{html,csv} from `dvc exp show`
+    python -m newllm.experiments                                   # 50,78,195,390,781 samples, then compare
+    python -m newllm.experiments --scales 50,78 --set phase2.epochs=2 --set runtime.precision=bf16
+    python -m newllm.experiments --compare-only                    # reports/scales.{html,csv} from `dvc exp show`
 
 What it runs is exactly DVC's own queue (so ``dvc exp show``, ``dvc queue status/logs``,
 ``dvc exp apply`` and ``dvc metrics diff <exp> <exp>`` all see the same experiments):
@@ -15,7 +15,7 @@ What it runs is exactly DVC's own queue (so ``dvc exp show``, ``dvc queue status
 3. the comparison (``--compare-only`` does only this): ``dvc exp show --json`` flattened
    with pandas into one row per experiment, written as ``reports/scales.csv`` and
    ``reports/scales.html`` (tables and plots of the headline metrics against the
-   training token count; the plot helpers and style of ``newllm.report``).
+   training token count; the plot helpers and style of ``newllm.html.run_report``).
 
 Every ``--set`` is checked (with each scale) against the params rules before anything is
 queued. Queued experiments run in temporary copies of the repo under ``.dvc/tmp/exps``,
@@ -34,8 +34,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from .config import from_dict
-from .errors import ConfigError, NewLLMError
+from newllm.config import from_dict
+from newllm.errors import ConfigError, NewLLMError
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def growth_exponent(tokens: Iterable[float], values: Iterable[float]) -> float |
 
 
 def _col(df, name: str) -> list:
-    from .report import num
+    from newllm.html.run_report import num
 
     if name not in df.columns:
         return [None] * len(df)
@@ -257,7 +257,7 @@ def short_count(n: float) -> str:
 def _finish(ax, title: str, ylabel: str = "", logy: bool = False) -> None:
     from matplotlib.ticker import NullFormatter
 
-    from .report import _empty
+    from newllm.html.run_report import _empty
 
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("training tokens (log scale)", fontsize=9)
@@ -278,7 +278,7 @@ def _finish(ax, title: str, ylabel: str = "", logy: bool = False) -> None:
 
 
 def _phase1_plot(df) -> str:
-    from .report import _figure, _hline, img, num
+    from newllm.html.run_report import _figure, _hline, img, num
 
     x = _col(df, "train_tokens")
     fig, (ax_er, ax_fd) = _figure(1, 2, height=3.8)
@@ -304,7 +304,7 @@ def _phase1_plot(df) -> str:
 
 
 def _phase2_plot(df) -> str:
-    from .report import _figure, acc_scale, img
+    from newllm.html.run_report import _figure, acc_scale, img
 
     x = _col(df, "train_tokens")
     fig, (ax_l, ax_p, ax_a) = _figure(1, 3, height=3.8)
@@ -323,7 +323,7 @@ def _phase2_plot(df) -> str:
 
 
 def _cost_plot(df, exps: dict) -> str:
-    from .report import _figure, img
+    from newllm.html.run_report import _figure, img
 
     x = _col(df, "train_tokens")
     colors = {"phase1": "#1f5fa8", "validate": "#e67e22", "phase2": "#2e8b57"}
@@ -343,7 +343,7 @@ def _cost_plot(df, exps: dict) -> str:
 
 
 def _cell(col: str, v: Any, acc_s: float) -> str:
-    from .report import fmt, num
+    from newllm.html.run_report import fmt, num
 
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
@@ -359,7 +359,7 @@ def _cell(col: str, v: Any, acc_s: float) -> str:
 
 
 def build_html(df, others: list[dict], exps: dict, title: str = "new-llm: comparison across scales") -> str:
-    from .report import CSS, acc_scale, esc, fmt, na, section, table
+    from newllm.html.run_report import CSS, acc_scale, esc, fmt, na, section, table
 
     cols = [(c, lbl) for c, lbl in COLUMNS if c in df.columns and df[c].notna().any()]
     acc_s = acc_scale(*_col(df, "phase2.val.acc"), *_col(df, "phase2.baseline.majority_acc"))
@@ -410,7 +410,7 @@ def compare(names: list[str] | None = None, out_dir: Path | str = "reports", all
 
     ``names``: only these experiments; ``prefix``: only experiments whose name starts with it;
     neither: every experiment and every baseline commit that has metrics."""
-    from .io import atomic_write_text
+    from newllm.io import atomic_write_text
 
     rows = exp_rows(exp_show(all_commits) if show is None else show,
                     include_baselines=not names and not prefix)
@@ -562,7 +562,7 @@ def check_results(names: list[str], show: list) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m newllm.ladder", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m newllm.experiments", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", default=",".join(map(str, DEFAULT_SCALES)),
                     help="data.num_samples of each experiment (default %(default)s)")
@@ -579,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --compare-only: experiments of every commit (dvc exp show -A)")
     ap.add_argument("--out-dir", default=str(OUT_HTML.parent), help="where scales.html/csv go")
     args = ap.parse_args(argv)
-    from .cli import setup_logging
+    from newllm.cli import setup_logging
 
     setup_logging()
     try:

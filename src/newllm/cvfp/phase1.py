@@ -16,15 +16,14 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .config import Phase1Config
-from .dist import SINGLE, Dist
-from .engine import Schedule, batch_ranges, chunks, scan
-from .errors import NumericalError
-from .model import CVFPModel
-from .runtime import Progress, Runtime
+from newllm.config import Phase1Config
+from newllm.cvfp.engine import Schedule, batch_ranges, chunks, scan
+from newllm.cvfp.model import CVFPModel
+from newllm.dist import SINGLE, Dist
+from newllm.errors import NumericalError
+from newllm.runtime import Progress, Runtime
 
 log = logging.getLogger(__name__)
 

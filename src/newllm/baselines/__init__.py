@@ -1,0 +1,1 @@
+"""What CVFP is judged against: smoothed n-gram models and a same-size transformer."""
