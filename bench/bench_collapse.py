@@ -64,16 +64,16 @@ def run_variant(name: str, train, val, base_model: ModelConfig, precision: str, 
     tr = Phase1Trainer(model, train.tokens, train.offsets, pcfg, rt, seed=seed)
     val_sched = Schedule.build(val.offsets, pcfg.stream)
     val_x = embed_all(model, val.tokens, rt.device)
-    val_untrained = frozen_passes(model, val_sched, val_x, 1, rt)
+    val_untrained = frozen_passes(model, val_sched, val_x, 1)
     st = tr.run()
-    val_ctx = frozen_passes(model, val_sched, val_x, st.passes_done, rt)
+    val_ctx = frozen_passes(model, val_sched, val_x, st.passes_done)
     t_train = time.perf_counter() - t0
     v = ValidateConfig()
     rep = {k: context_report(c, v.cosine_pairs, seed) for k, c in
            (("train", st.prev_ctx), ("val", val_ctx), ("train0", st.untrained_ctx), ("val0", val_untrained))}
     x = embed_all(model, train.tokens, rt.device)
     diffs = convergence_diffs(model, Schedule.build(train.offsets, pcfg.stream), x, st.prev_ctx.clone(),
-                              v.convergence_passes, rt)
+                              v.convergence_passes)
     last = st.history[-1]
     return {"name": name, "train_er": rep["train"]["er_pct"], "train_er0": rep["train0"]["er_pct"],
             "val_er": rep["val"]["er_pct"], "val_er0": rep["val0"]["er_pct"], "final_diff": diffs[-1],

@@ -41,8 +41,8 @@ def chat_tokens(num_samples: int, val_fraction: float = 0.2, max_seq_length: int
         print(f"note: {CHAT_SAMPLE} absent; using random token ids")
         g = torch.Generator().manual_seed(0)
         n_val = max(1, round(val_fraction * num_samples))
-        mk = lambda n: TokenSet.from_lists([torch.randint(0, 50257, (max_seq_length,), generator=g).tolist()  # noqa: E731
-                                            for _ in range(n)])
+        mk = lambda n: TokenSet(torch.randint(0, 50257, (n * max_seq_length,), generator=g),  # noqa: E731
+                                torch.arange(n + 1) * max_seq_length)
         return mk(num_samples), mk(n_val)
     cfg = DataConfig(source="jsonl", path=str(CHAT_SAMPLE), num_samples=num_samples, val_fraction=val_fraction,
                      max_seq_length=max_seq_length)

@@ -8,7 +8,11 @@ from __future__ import annotations
 import sys
 
 import torch
+from grad_spy import spy_gradients
+from toy import from_lists
 
+import newllm.cvfp.phase1 as phase1_module
+import newllm.cvfp.phase2 as phase2_module
 from newllm.config import ModelConfig, Phase1Config, Phase2Config
 from newllm.cvfp.model import build_model
 from newllm.cvfp.phase1 import Phase1Trainer
@@ -22,17 +26,17 @@ TINY = ModelConfig(context_dim=8, embed_dim=6, num_layers=2, vocab_size=50)
 
 def tokens() -> TokenSet:
     g = torch.Generator().manual_seed(0)
-    return TokenSet.from_lists([torch.randint(0, 50, (n,), generator=g).tolist() for n in (9, 7, 7, 4, 3, 1, 6)])
+    return from_lists([torch.randint(0, 50, (n,), generator=g).tolist() for n in (9, 7, 7, 4, 3, 1, 6)])
 
 
-def run_phase1(dist) -> dict:
+def run_phase1(dist, diversity: str = "ema_distance") -> dict:
     ts = tokens()
     model = build_model(TINY, seed=1)
-    cfg = Phase1Config(max_iterations=3, batch_tokens=10, chunk_tokens=3, min_converged_ratio=1.0)
+    cfg = Phase1Config(max_iterations=3, batch_tokens=10, chunk_tokens=3, min_converged_ratio=1.0,
+                       diversity=diversity)
     tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), "fp32"), seed=2, dist=dist)
-    grads = []
-    tr.grad_sink = lambda g: grads.append(torch.cat([t.flatten() for t in g]))
-    tr.run()
+    with spy_gradients(phase1_module, flat=True) as grads:
+        tr.run()
     state = tr.state_dict()
     return {"grads": torch.stack(grads), "layers": state["layers"], "history": state["history"], "prev_ctx": state["prev_ctx"],
             "carry": state["carry"], "mu": state["mu"], "steps": state["steps"]}
@@ -44,9 +48,8 @@ def run_phase2(dist) -> dict:
     cfg = Phase2Config(epochs=2, batch_tokens=10, chunk_tokens=3)
     tr = Phase2Trainer(model, ts.tokens, ts.offsets, vs.tokens, vs.offsets, cfg, "sample",
                        Runtime(torch.device("cpu"), "fp32"), dist=dist)
-    grads = []
-    tr.grad_sink = lambda g: grads.append(torch.cat([t.flatten() for t in g]))
-    tr.run()
+    with spy_gradients(phase2_module, flat=True) as grads:
+        tr.run()
     return {"grads": torch.stack(grads), "layers": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "history": tr.state.history, "steps": tr.state.steps}
 
@@ -55,7 +58,9 @@ def main() -> None:
     torch.set_num_threads(1)
     phase, out = sys.argv[1], sys.argv[2]
     dist = init_from_env("cpu")
-    result = {"phase1": run_phase1, "phase2": run_phase2}[phase](dist)
+    result = {"phase1": run_phase1, "phase2": run_phase2,
+              "phase1_uniformity": lambda d: run_phase1(d, "uniformity"),
+              "phase1_vicreg": lambda d: run_phase1(d, "vicreg")}[phase](dist)
     if dist.main:
         torch.save(result, out)
     shutdown(dist)

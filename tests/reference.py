@@ -10,6 +10,7 @@ import torch
 
 from newllm.config import Phase1Config
 from newllm.cvfp.model import CVFPModel
+from newllm.cvfp.objectives import OBJECTIVES
 from newllm.cvfp.phase1 import pass_noise
 
 
@@ -40,12 +41,16 @@ def token_order(offsets: list[int], mode: str) -> list[tuple[int, int, int]]:
 
 def phase1_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tensor, cfg: Phase1Config,
                      seed: int, grad_sink=None) -> dict:
-    """Phase 1 token by token. Returns per-pass contexts (flat order), steps and mu."""
+    """Phase 1 token by token: each token's forward on its own; at the end of a batch the loss
+    ``(1-w) mean_t L_cvfp + w D(C)`` of the batch's contexts (kept with their graphs) and one
+    backward through all of them, then an optimizer step. Returns per-pass contexts (flat
+    order), steps and mu."""
     order = token_order(offsets.tolist(), cfg.stream)
     n, d_c = tokens.numel(), model.cfg.context_dim
     params = model.layer_parameters()
     opt = torch.optim.Adam(params, lr=cfg.learning_rate)
     w = cfg.dist_reg_weight
+    objective = OBJECTIVES[cfg.diversity]
     n_streams = max(j for _, j, _ in order) + 1
     carry = [torch.zeros(d_c) for _ in range(n_streams)]
     prev = None
@@ -58,12 +63,9 @@ def phase1_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
         noise = noise.rows(0, n) if noise is not None else None  # by schedule position
         cur = torch.zeros(n, d_c)
         b_size = n if (cfg.batch_tokens <= 0 or cfg.batch_tokens >= n) else cfg.batch_tokens
-        batch_ctx = []
+        batch_c, batch_cvfp = [], []
         conv = 0
-        if train:
-            opt.zero_grad(set_to_none=True)
         for pos, (i, j, t) in enumerate(order):
-            batch_len = min(b_size, n - (pos // b_size) * b_size)
             c_in = carry[j].clone()
             if noise is not None and t > 0:
                 c_in = c_in + noise[pos]
@@ -72,18 +74,20 @@ def phase1_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
                 c, _ = model.step(c_in.unsqueeze(0), x)
                 c = c[0]
             if train:
-                l_cvfp = ((c - prev[i]) ** 2).mean()
-                l_div = -(c - mu).norm()
-                (((1 - w) * l_cvfp + w * l_div) / batch_len).backward()
+                batch_c.append(c)
+                batch_cvfp.append(((c - prev[i]) ** 2).mean())
                 conv += int(float(((c.detach() - prev[i]) ** 2).mean()) < cfg.convergence_threshold)
             carry[j] = c.detach()
             cur[i] = c.detach()
-            batch_ctx.append(c.detach())
-            if train and (pos + 1) % b_size == 0 or train and pos + 1 == n:
+            if train and ((pos + 1) % b_size == 0 or pos + 1 == n):
+                big_c = torch.stack(batch_c)
+                loss = (1 - w) * torch.stack(batch_cvfp).mean() + w * objective(big_c, mu, cfg)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
                 _step(params, opt, cfg.gradient_clip, grad_sink)
                 steps += 1
-                mu = cfg.ema_momentum * mu + (1 - cfg.ema_momentum) * torch.stack(batch_ctx).mean(0)
-                batch_ctx = []
+                mu = cfg.ema_momentum * mu + (1 - cfg.ema_momentum) * big_c.detach().mean(0)
+                batch_c, batch_cvfp = [], []
         if k == 0:
             mu = cur.mean(0)
         contexts.append(cur)

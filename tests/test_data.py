@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
+from toy import from_lists
 
 from newllm.config import from_dict
 from newllm.data import fetch, tokenize
@@ -271,9 +272,8 @@ def test_exact_tokens_and_metrics(tmp_path):
 
 
 def test_unseen_type_frac():
-    from newllm.data.tokens import TokenSet
-    train = TokenSet.from_lists([[1, 2, 3], [3, 4]])
-    val = TokenSet.from_lists([[4, 5], [6, 1, 1]])
+    train = from_lists([[1, 2, 3], [3, 4]])
+    val = from_lists([[4, 5], [6, 1, 1]])
     assert tokenize.unseen_type_frac(train, val) == pytest.approx(2 / 4)  # 5, 6 of 1, 4, 5, 6
 
 
@@ -294,5 +294,5 @@ def test_chat_sample_token_counts(chat_sample, tmp_path, tok):
     assert m["train"]["tokens"] == sum(lengths[:781])
     assert m["val"]["tokens"] == sum(lengths[781:781 + 157])
     train = load_token_set(tmp_path / "tokens" / "train.pt", 50257)
-    assert train.lengths().tolist() == lengths[:781]
-    assert torch.equal(train.sample(5), torch.tensor(tok.encode(texts[5]).ids[:128]))
+    assert (train.offsets[1:] - train.offsets[:-1]).tolist() == lengths[:781]
+    assert torch.equal(train.tokens[train.offsets[5]:train.offsets[6]], torch.tensor(tok.encode(texts[5]).ids[:128]))

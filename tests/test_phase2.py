@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from grad_spy import spy_gradients
 from reference import phase2_reference, token_order
+from toy import from_lists
 
+import newllm.cvfp.phase2 as phase2_module
 from newllm.baselines.ngram import baselines
 from newllm.config import ModelConfig, Phase2Config, from_dict
 from newllm.cvfp.model import build_model
 from newllm.cvfp.phase2 import Phase2Trainer, next_token_targets, prepare_head
-from newllm.data.tokens import TokenSet, save_token_set
+from newllm.data.tokens import save_token_set
 from newllm.errors import CheckpointError, NumericalError
 from newllm.runtime import Runtime
 
@@ -29,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def toy_tokens(seed=0, lengths=LENGTHS, vocab=50):
     g = torch.Generator().manual_seed(seed)
-    return TokenSet.from_lists([torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths])
+    return from_lists([torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths])
 
 
 def make_trainer(model, cfg, mode="sample", rt=CPU, embeddings_frozen=False, train=None, val=None):
@@ -47,9 +50,9 @@ def run_both(mode, cfg, dtype, head="token", embeddings_frozen=False):
         m1 = prepare_head(build_model(TINY, seed=3), head, seed=7)
         m2 = prepare_head(build_model(TINY, seed=3), head, seed=7)
         tr = make_trainer(m1, cfg, mode, embeddings_frozen=embeddings_frozen, train=ts)
-        g_fast, g_ref = [], []
-        tr.grad_sink = g_fast.append
-        tr.run()
+        g_ref = []
+        with spy_gradients(phase2_module) as g_fast:
+            tr.run()
         ref = phase2_reference(m2, ts.tokens, ts.offsets, cfg, mode, embeddings_frozen, grad_sink=g_ref.append)
     finally:
         torch.set_default_dtype(old)
@@ -101,7 +104,7 @@ def test_ce_rows_in_blocks_equals_cross_entropy_and_argmax(monkeypatch, block_by
 
 
 def test_targets_stay_within_streams():
-    ts = TokenSet.from_lists([[5, 6, 7], [8], [9, 10]])
+    ts = from_lists([[5, 6, 7], [8], [9, 10]])
     assert next_token_targets(ts.tokens, ts.offsets, "sample").tolist() == [6, 7, -1, -1, 10, -1]
     assert next_token_targets(ts.tokens, ts.offsets, "corpus").tolist() == [6, 7, 8, 9, 10, -1]
 
@@ -179,9 +182,8 @@ def test_chunked_loss_equals_unchunked():
     for chunk in (1, 3, 10_000):
         model = build_model(TINY, seed=2)
         tr = make_trainer(model, Phase2Config(epochs=1, batch_tokens=0, chunk_tokens=chunk))
-        grads = []
-        tr.grad_sink = grads.append
-        tr.run()
+        with spy_gradients(phase2_module) as grads:
+            tr.run()
         out[chunk] = (tr.state.history[0], grads[0], tr.evaluate())
     h0, g0, v0 = out[10_000]
     for chunk in (1, 3):
@@ -194,8 +196,8 @@ def test_chunked_loss_equals_unchunked():
 
 def test_baselines_by_hand():
     V = 4
-    train = TokenSet.from_lists([[0, 1, 0, 1, 2], [3]])
-    val = TokenSet.from_lists([[1, 0, 3], [2, 1]])
+    train = from_lists([[0, 1, 0, 1, 2], [3]])
+    val = from_lists([[1, 0, 3], [2, 1]])
     b = baselines(train.tokens, train.offsets, val.tokens, val.offsets, "sample", V)
     # train pairs (0,1) (1,0) (0,1) (1,2): target counts [1, 2, 1, 0] of 4 -> p = (n+1)/(4+4)
     # val targets 0, 3, 1

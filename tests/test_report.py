@@ -16,7 +16,9 @@ import pytest
 
 from newllm import paths
 from newllm.config import Config, ReportConfig
-from newllm.html.run_report import build_report, fmt, get, has_remote_refs, model_size
+from newllm.cvfp.model import parameter_counts as model_size
+from newllm.html.common import fmt, get, has_remote_refs
+from newllm.html.run_report import build_report
 
 D_C, D_E, LAYERS, VOCAB = 64, 48, 2, 50257
 

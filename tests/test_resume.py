@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_dvc_repo
+from toy import from_lists
 
 from newllm.io import state_dict_digest
 
@@ -172,11 +173,11 @@ TOY = {"model": {"context_dim": 8, "embed_dim": 8, "num_layers": 2, "vocab_size"
 
 def _toy_inputs(d: Path) -> None:
     from newllm import paths
-    from newllm.data.tokens import TokenSet, save_token_set
+    from newllm.data.tokens import save_token_set
 
     def tokens(seed, lengths):
         g = torch.Generator().manual_seed(seed)
-        return TokenSet.from_lists([torch.randint(0, 64, (n,), generator=g).tolist() for n in lengths])
+        return from_lists([torch.randint(0, 64, (n,), generator=g).tolist() for n in lengths])
 
     save_token_set(tokens(0, (12, 9, 16, 5, 12)), paths.TOKENS_TRAIN)
     save_token_set(tokens(1, (10, 7, 11)), paths.TOKENS_VAL)

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
+from toy import from_lists
 
 from newllm.config import Phase1Config, RuntimeConfig
 from newllm.cvfp.model import build_model
@@ -123,10 +124,10 @@ TOY = {"model": {"context_dim": 8, "embed_dim": 8, "num_layers": 2, "vocab_size"
 
 def _inputs(d: Path) -> None:
     from newllm import paths
-    from newllm.data.tokens import TokenSet, save_token_set
+    from newllm.data.tokens import save_token_set
     g = torch.Generator().manual_seed(0)
     for path, lengths in ((paths.TOKENS_TRAIN, (12, 9, 16, 5)), (paths.TOKENS_VAL, (10, 7))):
-        save_token_set(TokenSet.from_lists([torch.randint(0, 64, (n,), generator=g).tolist() for n in lengths]),
+        save_token_set(from_lists([torch.randint(0, 64, (n,), generator=g).tolist() for n in lengths]),
                        d / path)
     (d / "params.yaml").write_text(yaml.safe_dump(TOY))
 

@@ -118,6 +118,15 @@ def F(default: Any, check: Callable[[Any], str | None], doc: str = "") -> Any:
 # ---------------------------------------------------------------------------
 # sections
 
+# Phase 1 diversity objectives (functions in newllm.cvfp.objectives, one per name). Batch-level
+# ones are statistics of a batch's contexts; quadratic ones hold a batch x batch matrix.
+DIVERSITY_OBJECTIVES = ("ema_distance", "centroid_dispersion", "origin_anchored", "vicreg", "uniformity",
+                        "spectral_entropy", "nuclear", "none")
+BATCH_LEVEL_OBJECTIVES = ("centroid_dispersion", "origin_anchored", "vicreg", "uniformity",
+                          "spectral_entropy", "nuclear")
+QUADRATIC_OBJECTIVES = ("uniformity",)
+MAX_QUADRATIC_BATCH = 16384
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -166,6 +175,12 @@ class Phase1Config:
     max_iterations: int = F(10, integer(1, 10_000), "passes at most, pass 0 (untrained forward) included")
     learning_rate: float = F(0.002, number(0, 10, lo_open=True), "Adam lr")
     dist_reg_weight: float = F(0.5, number(0, 1), "w in (1-w) L_cvfp + w L_div")
+    diversity: str = F("ema_distance", choice(*DIVERSITY_OBJECTIVES),
+                       "the diversity objective L_div (docs/objectives.md)")
+    uniformity_temperature: float = F(2.0, number(0, 1000, lo_open=True), "t of diversity: uniformity")
+    vicreg_variance_target: float = F(1.0, number(0, lo_open=True), "gamma of diversity: vicreg (target std per dim)")
+    vicreg_cov_weight: float = F(0.04, number(0), "covariance weight of diversity: vicreg")
+    centroid_weight: float = F(0.1, number(0), "weight of |mean(C)|^2 in diversity: origin_anchored")
     context_noise_std: float = F(0.01, number(0, 100), "sigma of the context noise in training")
     ema_momentum: float = F(0.99, number(0, 1, hi_open=True), "momentum of the context EMA mu")
     convergence_threshold: float = F(0.05, number(0, lo_open=True), "per-token MSE below which it converged")
@@ -176,7 +191,15 @@ class Phase1Config:
     checkpoint_every: int = F(1, integer(1), "rolling resume checkpoint every N passes")
 
     def validate(self) -> None:
-        pass
+        if self.diversity in BATCH_LEVEL_OBJECTIVES and self.dist_reg_weight > 0:
+            if self.batch_tokens == 1:
+                raise ConfigError("phase1.batch_tokens", self.batch_tokens,
+                                  f"at least 2 with phase1.diversity: {self.diversity} (a statistic of the "
+                                  f"batch's contexts), or diversity ema_distance/none for the online algorithm")
+            if self.diversity in QUADRATIC_OBJECTIVES and not 0 < self.batch_tokens <= MAX_QUADRATIC_BATCH:
+                raise ConfigError("phase1.batch_tokens", self.batch_tokens,
+                                  f"between 2 and {MAX_QUADRATIC_BATCH} with phase1.diversity: {self.diversity} "
+                                  f"(it holds a batch x batch matrix)")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Atomic file writes (temp file in the same directory + fsync + rename) and safe loads."""
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -119,6 +121,18 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{what} {path} is not valid JSON ({e}); re-run the stage that writes it") from None
+
+
+def csv_text(rows: list[dict]) -> str:
+    """Rows of equal keys as CSV text (header from the first row); NaN becomes an empty cell."""
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if isinstance(v, float) and v != v else v) for k, v in r.items()})
+    return buf.getvalue()
 
 
 def sha256_file(path: str | Path) -> str:

@@ -95,3 +95,39 @@ class ResumeStore:
                 pass
             except OSError as e:
                 log.warning("could not remove %s: %s", path, e)
+
+
+# what a checkpoint written by another version of this code can raise while it is loaded
+UNREADABLE_STATE = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
+
+
+def resume_or_fresh(store: ResumeStore, trainer, restore, rebuild, what: str):
+    """Load ``store``'s rolling checkpoint into ``trainer`` (``trainer.load_state_dict`` of its
+    ``"trainer"`` entry, then ``restore(state)`` for the rest). A checkpoint with the right
+    fingerprint but a layout this code cannot read (another version) is ignored with a
+    warning, and ``rebuild()`` gives a fresh trainer. Returns ``(trainer, state or None)``."""
+    state = store.load()
+    if state is None:
+        return trainer, None
+    try:
+        trainer.load_state_dict(state["trainer"])
+        restore(state)
+    except UNREADABLE_STATE as e:
+        log.warning("ignoring resume checkpoint %s: unreadable state (%s: %s); starting from scratch",
+                    store.paths[0], type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return rebuild(), None
+    log.info("resumed %s", what(trainer))
+    return trainer, state
+
+
+def kept_message(store: ResumeStore, unit: str, last: int | None, outputs: str) -> str:
+    """What a failed run leaves behind, for its error message: ``outputs`` keep the previous
+    run's files, and the rolling checkpoint (after ``unit`` ``last``) is kept or absent."""
+    if not store.enabled:
+        rolling = "No rolling checkpoint is kept (resume.enabled is false)."
+    elif not last and last != 0:
+        rolling = f"No rolling checkpoint was written (the fault came before the first completed {unit})."
+    else:
+        rolling = (f"The rolling checkpoint {store.paths[0]} (after {unit} {last}) is kept: a re-run "
+                   f"with the same params resumes from it, other params start afresh.")
+    return f"{outputs} {rolling}"

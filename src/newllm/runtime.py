@@ -28,7 +28,7 @@ class Runtime:
         check_device(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        name = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        name = device_type(cfg)
         rt = cls(torch.device(name), cfg.precision)
         log.info("device %s%s, precision %s, %d CPU threads", name,
                  f" ({torch.cuda.get_device_name(0)})" if name == "cuda" else "", cfg.precision,
@@ -45,6 +45,11 @@ class Runtime:
         if self.precision != "fp16":
             return None
         return torch.amp.GradScaler(self.device.type)
+
+
+def device_type(cfg: RuntimeConfig) -> str:
+    """``cuda`` or ``cpu``: what ``runtime.device`` picks on this machine (auto: CUDA when torch sees one)."""
+    return "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
 
 
 def check_device(cfg: RuntimeConfig) -> None:
@@ -73,30 +78,31 @@ def merge_peaks(earlier: dict, now: dict) -> dict:
 
 
 class Progress:
-    """Logs tokens done/total, tokens/s and ETA at most every ``every`` seconds."""
+    """Logs tokens done/total, tokens/s and ETA every ``every`` seconds of a long piece of work,
+    and its end once it has logged a line (short work logs nothing: its caller's summary line
+    is enough)."""
 
-    def __init__(self, label: str, total: int, every: float = 10.0):
-        self.label, self.total, self.every = label, total, every
+    def __init__(self, label: str, total: int, every: float = 10.0, unit: str = "tokens"):
+        self.label, self.total, self.every, self.unit = label, total, every, unit
         self.start = self.last = time.perf_counter()
         self.done = 0
+        self.logged = False
 
     def update(self, n: int) -> None:
         self.done += n
         now = time.perf_counter()
-        if now - self.last >= self.every or self.done >= self.total:
+        if now - self.last >= self.every or (self.logged and self.done >= self.total):
             self.last = now
+            self.logged = True
             log.info("%s", self.line())
 
     def line(self) -> str:
         el = time.perf_counter() - self.start
         rate = self.done / el if el > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        return (f"{self.label}: {self.done}/{self.total} tokens ({100.0 * self.done / max(self.total, 1):.0f}%), "
-                f"{rate:,.0f} tok/s, ETA {eta:,.0f}s")
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        speed = f"{rate:,.0f} tok/s" if self.unit == "tokens" else f"{el:,.0f}s so far"
+        return (f"{self.label}: {self.done}/{self.total} {self.unit} ({100.0 * self.done / max(self.total, 1):.0f}%), "
+                f"{speed}, ETA {eta:,.0f}s")
 
 
 # torch.OutOfMemoryError since torch 2.5; torch.cuda.OutOfMemoryError (the same class) before

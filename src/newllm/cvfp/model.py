@@ -100,7 +100,27 @@ class CVFPModel(nn.Module):
         return [p for p in self.layers.parameters() if p.requires_grad]
 
     def layer_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.layers.state_dict().items()}
+        """A CPU copy of the layers' weights (the theta_0 snapshot costs no GPU memory)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.layers.state_dict().items()}
+
+
+def parameter_counts(model_cfg: dict, head_from: str = "token") -> dict:
+    """Parameter counts of the CVFP model of ``model_cfg`` (cvfp.md; 91,429,969 at 768/768/6)."""
+    v = int(model_cfg.get("vocab_size", 50257))
+    de = int(model_cfg.get("embed_dim", 768))
+    dc = int(model_cfg.get("context_dim", 768))
+    n_layers = int(model_cfg.get("num_layers", 6))
+    h = dc + de
+    layers = n_layers * (h * h + h + 2 * dc + 2 * de)
+    embedding = v * de
+    ln_e = 2 * de
+    head = v * (de if head_from == "token" else dc) + v
+    return {"total": embedding + ln_e + layers + head, "layers": layers, "embedding": embedding,
+            "head": head, "ln_e": ln_e}
+
+
+def fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 100_000 else f"{n:,}"
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,11 +1,11 @@
-"""Phase 1: fixed-point context learning (cvfp.md, "Phase 1").
+"""Phase 1: fixed-point context learning (docs/model.md, "Phase 1").
 
-Pass 0 runs the untrained network (no noise, no update) and gives the first
-contexts ``c^0``, the untrained reference and the initial EMA ``mu`` (their
-mean). Passes ``k >= 1`` train: per token
-``L = (1-w) mean_i (c^k_t - sg(c^{k-1}_t))_i^2 - w ||c^k_t - sg(mu)||_2``,
-averaged over a batch of ``phase1.batch_tokens`` tokens, one Adam step per
-batch, ``mu <- m mu + (1-m) mean(batch contexts)`` after each step.
+Pass 0 runs the untrained network (no noise, no update, fp32) and gives the first
+contexts ``c^0``, the untrained reference and the initial EMA ``mu`` (their mean).
+Passes ``k >= 1`` train, one Adam step per batch of ``phase1.batch_tokens`` tokens on
+``(1-w) mean_t mean_i (c^k_t - sg(c^{k-1}_t))_i^2 + w D(C)``, with ``D`` the diversity
+objective ``phase1.diversity`` of the batch's contexts ``C`` (``newllm.cvfp.objectives``),
+then ``mu <- m mu + (1-m) mean(C)``.
 """
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.nn.utils import clip_grad_norm_
 
 from newllm.config import Phase1Config
 from newllm.cvfp.engine import Schedule, batch_ranges, chunks, scan
 from newllm.cvfp.model import CVFPModel
+from newllm.cvfp.objectives import value_and_grad
 from newllm.dist import SINGLE, Dist
 from newllm.errors import NumericalError
 from newllm.runtime import Progress, Runtime
@@ -84,30 +86,38 @@ def embed_all(model: CVFPModel, tokens: torch.Tensor, device: torch.device, chun
             torch.zeros(0, model.cfg.embed_dim, device=device)
 
 
-def frozen_passes(model: CVFPModel, sched: Schedule, x: torch.Tensor, passes: int, rt: Runtime,
+def frozen_passes(model: CVFPModel, sched: Schedule, x: torch.Tensor, passes: int,
                   carry: torch.Tensor | None = None, on_pass=None, chunk: int = 65536) -> torch.Tensor:
     """Run ``passes`` no-noise passes with theta frozen, carrying context between passes.
 
+    Always in fp32, whatever ``runtime.precision`` trained the model: these passes are
+    measurements (validation contexts, untrained references, the convergence check), and
+    in bf16 the difference of two passes over the same contexts cannot fall below the
+    rounding of |c| (about |c| * 2^-9), far above the check's 0.001 (docs/metrics.md).
     Returns the last pass's contexts (N, d_c) in flat order; ``on_pass(j, ctx)`` sees each."""
     d_c = model.cfg.context_dim
     n = sched.num_tokens
     if carry is None:
         carry = torch.zeros(sched.num_streams, d_c, device=x.device)
+    carry = carry.float()
     ctx = torch.empty(n, d_c, device=x.device)
-    for j in range(passes):
-        for p0, p1 in batch_ranges(n, chunk):
-            out = scan(model.step, sched, p0, p1, carry, lambda idx: x[idx], autocast=rt.autocast())
-            ctx[sched.order[p0:p1]] = out.c_out
-        if on_pass is not None:
-            on_pass(j, ctx)
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        for j in range(passes):
+            prog = Progress(f"frozen pass {j + 1}/{passes}", n)
+            for p0, p1 in batch_ranges(n, chunk):
+                out = scan(model.step, sched, p0, p1, carry, lambda idx: x[idx].float())
+                ctx[sched.order[p0:p1]] = out.c_out
+                prog.update(p1 - p0)
+            if on_pass is not None:
+                on_pass(j, ctx)
     return ctx
 
 
 def convergence_diffs(model: CVFPModel, sched: Schedule, x: torch.Tensor, contexts: torch.Tensor,
-                      passes: int, rt: Runtime) -> list[float]:
-    """cvfp.md's convergence check: ``passes`` more frozen passes after ``contexts`` (N, d_c),
+                      passes: int) -> list[float]:
+    """The convergence check: ``passes`` more frozen fp32 passes after ``contexts`` (N, d_c),
     carrying each stream's last context; ``diff_j`` = mean over tokens of ``|c^j - c^(j-1)|_2``.
-    ``contexts`` is overwritten, pass by pass (no second N x d_c copy)."""
+    ``contexts`` is overwritten, pass by pass, and ends as the last pass's contexts."""
     carry = contexts[sched.last_index()].clone()
     diffs: list[float] = []
 
@@ -116,8 +126,7 @@ def convergence_diffs(model: CVFPModel, sched: Schedule, x: torch.Tensor, contex
         contexts.copy_(ctx)
         log.info("convergence check pass %d/%d: mean |c_j - c_(j-1)| = %.6g", j + 1, passes, diffs[-1])
 
-    with torch.no_grad():
-        frozen_passes(model, sched, x, passes, rt, carry=carry, on_pass=on_pass)
+    frozen_passes(model, sched, x, passes, carry=carry, on_pass=on_pass)
     return diffs
 
 
@@ -180,7 +189,6 @@ class Phase1Trainer:
         self.opt = torch.optim.Adam(self.params, lr=cfg.learning_rate)
         self.scaler = rt.grad_scaler()
         self.state = Phase1State()
-        self.grad_sink = None  # tests: callable(list of grads) before each step
 
     def x_of(self, idx: torch.Tensor) -> torch.Tensor:
         """The input stream ``x = LN_e(E[tok])`` of flat tokens ``idx``, computed when needed
@@ -254,68 +262,81 @@ class Phase1Trainer:
         return self.state
 
     def run_pass(self, k: int) -> PassRecord:
-        cfg, st, sched, dev, dist = self.cfg, self.state, self.sched, self.rt.device, self.dist
+        """Pass ``k``: pass 0 is the untrained forward (fp32 whatever the precision: it is the
+        untrained reference), passes ``k >= 1`` train one optimizer step per batch."""
+        cfg, st, sched, dev = self.cfg, self.state, self.sched, self.rt.device
         n, d_c = self.global_sched.num_tokens, self.model.cfg.context_dim
         train = k >= 1
         if k == 0:
             st.carry = torch.zeros(sched.num_streams, d_c, device=dev)
         noise = pass_noise(self.seed, k, d_c, cfg.context_noise_std, dev) if train else None
-        cur = torch.zeros(n, d_c, device=dev) if dist.active else torch.empty(n, d_c, device=dev)
-        w = cfg.dist_reg_weight
-        sums = {"cvfp": 0.0, "div": 0.0, "total": 0.0, "conv": 0.0, "mse": 0.0, "norm": 0.0}
+        cur = torch.zeros(n, d_c, device=dev) if self.dist.active else torch.empty(n, d_c, device=dev)
+        sums = dict.fromkeys(("cvfp", "div", "conv", "mse", "norm"), 0.0)
         steps0 = st.steps
-        prog = Progress(f"phase1 pass {k}/{cfg.max_iterations - 1}", n)
+        prog = Progress(f"phase1 pass {k}/{cfg.max_iterations - 1}" + ("" if train else " (untrained forward)"), n)
         t0 = time.perf_counter()
         ranges = batch_ranges(n, cfg.batch_tokens) if train else batch_ranges(n, max(cfg.chunk_tokens, 65536))
         for p0, p1 in ranges:
             l0, l1 = self._local(p0, p1)
             fused = train and self._fusable(l0, l1)
-            with self.rt.autocast():  # outer context: the weights' casts are cached for the whole scan
+            autocast = self.rt.autocast() if train else contextlib.nullcontext()
+            with autocast:  # outer context: the weights' casts are cached for the whole scan
                 out = scan(self.model.step, sched, l0, l1, st.carry, self.x_of, self._noise_rows(noise, p0, p1),
-                           autocast=self.rt.autocast(), grad=fused)
+                           autocast=self.rt.autocast() if train else None, grad=fused)
             c_graph = out.c_out if fused else None
-            out.c_out = out.c_out.detach().to(cur.dtype)
+            c_now = out.c_out.detach().to(cur.dtype)
+            self._check_contexts(c_now, k, p0, p1, sums)
             idx = sched.order[l0:l1]
-            if not bool(torch.isfinite(out.c_out).all()):
-                raise NumericalError(f"phase1 pass {k}: non-finite contexts (NaN/Inf) at tokens "
-                                     f"{p0}-{p1} of the schedule")
-            cur[idx] = out.c_out
-            norm_sum = float(out.c_out.norm(dim=1).sum())
-            if not math.isfinite(norm_sum):
-                raise NumericalError(f"phase1 pass {k}: the context norm overflows (sum of |c| = "
-                                     f"{norm_sum}) at tokens {p0}-{p1} of the schedule")
-            sums["norm"] += norm_sum
+            cur[idx] = c_now
             if train:
                 prev = st.prev_ctx[idx]
-                mse = ((out.c_out - prev) ** 2).mean(1)
+                mse = ((c_now - prev) ** 2).mean(1)
                 sums["conv"] += float((mse < cfg.convergence_threshold).sum())
                 sums["mse"] += float(mse.sum())
-                self._train_batch(out.c_in, idx, prev, w, sums, k, p0, p1 - p0, c_graph)
-                batch_mean = dist.sum_(out.c_out.sum(0)) / (p1 - p0)
+                self._train_batch(out.c_in, idx, prev, c_now, sums, k, p0, p1, c_graph)
+                batch_mean = self.dist.sum_(c_now.sum(0)) / (p1 - p0)
                 st.mu = cfg.ema_momentum * st.mu + (1 - cfg.ema_momentum) * batch_mean
             prog.update(p1 - p0)
-        tot = dict(zip(sums, dist.sum_floats(*sums.values())))
         if k == 0:
             st.untrained_ctx = cur.clone()
-            st.mu = dist.sum_(cur.sum(0)) / n
-        el = time.perf_counter() - t0
-        rec = PassRecord(
-            pass_index=k,
-            cvfp_loss=tot["cvfp"] / n if train else float("nan"),
-            div_loss=tot["div"] / n if train else float("nan"),
-            total_loss=tot["total"] / n if train else float("nan"),
-            converged_frac=tot["conv"] / n if train else 0.0,
-            mean_diff_mse=tot["mse"] / n if train else float("nan"),
-            mean_context_norm=tot["norm"] / n,
-            optimizer_steps=st.steps - steps0, time_s=round(el, 3), tokens_per_s=round(n / el, 1))
+            st.mu = self.dist.sum_(cur.sum(0)) / n
+        rec = self._record(k, sums, st.steps - steps0, time.perf_counter() - t0)
         st.prev_ctx = cur
         st.history.append(rec.as_row())
         st.passes_done = k + 1
         if train and rec.converged_frac >= cfg.min_converged_ratio:
             st.stopped_early = True
-        log.info("phase1 pass %d done: cvfp %.5f div %.4f converged %.1f%% |c| %.2f steps %d  %.1fs %.0f tok/s",
-                 k, rec.cvfp_loss, rec.div_loss, 100 * rec.converged_frac, rec.mean_context_norm,
-                 rec.optimizer_steps, el, rec.tokens_per_s)
+        return rec
+
+    def _check_contexts(self, c: torch.Tensor, k: int, p0: int, p1: int, sums: dict) -> None:
+        if not bool(torch.isfinite(c).all()):
+            raise NumericalError(f"phase1 pass {k}: non-finite contexts (NaN/Inf) at tokens "
+                                 f"{p0}-{p1} of the schedule")
+        norm_sum = float(c.norm(dim=1).sum())
+        if not math.isfinite(norm_sum):
+            raise NumericalError(f"phase1 pass {k}: the context norm overflows (sum of |c| = "
+                                 f"{norm_sum}) at tokens {p0}-{p1} of the schedule")
+        sums["norm"] += norm_sum
+
+    def _record(self, k: int, sums: dict, steps: int, seconds: float) -> PassRecord:
+        """The pass's history row (figures summed over ranks); the losses of pass 0 do not exist
+        (no update), so they are NaN in the row and absent from the log line."""
+        n, w = self.global_sched.num_tokens, self.cfg.dist_reg_weight
+        tot = dict(zip(sums, self.dist.sum_floats(*sums.values())))
+        train = k >= 1
+        nan = float("nan")
+        cvfp, div = (tot["cvfp"] / n, tot["div"] / n) if train else (nan, nan)
+        rec = PassRecord(pass_index=k, cvfp_loss=cvfp, div_loss=div, total_loss=(1 - w) * cvfp + w * div,
+                         converged_frac=tot["conv"] / n if train else 0.0,
+                         mean_diff_mse=tot["mse"] / n if train else nan, mean_context_norm=tot["norm"] / n,
+                         optimizer_steps=steps, time_s=round(seconds, 3), tokens_per_s=round(n / seconds, 1))
+        if train:
+            log.info("phase1 pass %d done: cvfp %.5f %s %.4f converged %.1f%% |c| %.2f steps %d  %.1fs %.0f tok/s",
+                     k, cvfp, self.cfg.diversity, div, 100 * rec.converged_frac, rec.mean_context_norm, steps,
+                     seconds, rec.tokens_per_s)
+        else:
+            log.info("phase1 pass 0 done (untrained forward, no update): |c| %.2f  %.1fs %.0f tok/s",
+                     rec.mean_context_norm, seconds, rec.tokens_per_s)
         return rec
 
     def _fusable(self, l0: int, l1: int) -> bool:
@@ -323,29 +344,47 @@ class Phase1Trainer:
         graph kept): single process, the batch within one chunk, and steps at least
         ``FUSE_MIN_ROWS`` streams wide on average, so the step-shaped backward matmuls stay
         efficient; not for autocast on CPU. Saves the second forward: 6 instead of 8 N D^2 L
-        FLOPs per training pass (measured at 100k tokens, fp32: 57.9 -> 44.6 s per pass)."""
+        FLOPs per training pass (docs/design.md)."""
         if self.ddp is not None or not 0 < l1 - l0 <= self.cfg.chunk_tokens:
             return False
         if self.rt.device.type == "cpu" and self.rt.precision != "fp32":
-            # measured at 100k tokens, bf16 on this 2-core CPU: 11% less time per pass but +0.4 GB
-            # peak RSS (the step-sized autocast copies kept for the backward fragment the heap)
+            # bf16 on CPU: fused was a little faster but peaked higher (the step-sized autocast
+            # copies kept for the backward fragment the heap); docs/design.md
             return False
         n_steps = int(self.sched.time_of[l1 - 1]) - int(self.sched.time_of[l0]) + 1
         return (l1 - l0) / n_steps >= FUSE_MIN_ROWS
 
-    def _train_batch(self, c_in: torch.Tensor, idx: torch.Tensor, prev: torch.Tensor, w: float,
-                     sums: dict, k: int, p0: int, b: int, c_graph: torch.Tensor | None = None) -> None:
-        """One optimizer step on a batch of ``b`` tokens (all ranks); this rank holds ``idx``.
+    def _diversity(self, c_now: torch.Tensor, p0: int, p1: int) -> tuple[float, torch.Tensor | None]:
+        """The batch's diversity value and its gradient with respect to this rank's contexts.
+        Under data parallelism the objective sees the *global* batch (every rank's contexts,
+        all-reduced into schedule order), so it equals the single-process batch exactly."""
+        cfg, mu = self.cfg, self.state.mu
+        need_grad = cfg.dist_reg_weight > 0
+        if not self.dist.active:
+            return value_and_grad(cfg.diversity, c_now, mu, cfg, need_grad)
+        mine = (self.global_sched.stream_of[p0:p1] % self.dist.world == self.dist.rank).to(c_now.device)
+        full = torch.zeros(p1 - p0, c_now.shape[1], dtype=c_now.dtype, device=c_now.device)
+        full[mine] = c_now
+        value, grad = value_and_grad(cfg.diversity, self.dist.sum_(full), mu, cfg, need_grad)
+        return value, None if grad is None else grad[mine]
+
+    def _train_batch(self, c_in: torch.Tensor, idx: torch.Tensor, prev: torch.Tensor, c_now: torch.Tensor,
+                     sums: dict, k: int, p0: int, p1: int, c_graph: torch.Tensor | None = None) -> None:
+        """One optimizer step on global batch [p0, p1) (every rank calls it; this rank holds ``idx``).
+        Loss ``(1-w) mean_t L_cvfp + w D(C)``: ``dD/dC`` is taken once on the whole batch's
+        contexts ``c_now`` and pushed through each chunk's graph as ``sum(c * dD/dC)``.
         ``c_graph``: the batch's contexts with their graph from a fused scan (no forward here)."""
-        mu = self.state.mu
+        w, b = self.cfg.dist_reg_weight, p1 - p0
+        div, div_grad = self._diversity(c_now, p0, p1)
+        if not math.isfinite(div):
+            raise NumericalError(f"phase1 pass {k}: non-finite {self.cfg.diversity} value ({div}) at "
+                                 f"schedule tokens {p0}-{p1}")
         self.opt.zero_grad(set_to_none=True)
         spans = [(0, idx.numel())] if c_graph is not None else list(chunks(idx.numel(), self.cfg.chunk_tokens))
         spans = spans or [(0, 0)]
-        scale = float(self.dist.world)  # DDP averages gradients over ranks; we want their sum
+        fwd = self.ddp if self.ddp is not None else self.step_module
         for i, (a, e) in enumerate(spans):
-            last = i == len(spans) - 1
-            fwd = self.ddp if self.ddp is not None else self.step_module
-            sync = contextlib.nullcontext() if (last or self.ddp is None) else self.ddp.no_sync()
+            sync = contextlib.nullcontext() if (i == len(spans) - 1 or self.ddp is None) else self.ddp.no_sync()
             with sync:
                 if c_graph is not None:
                     c, x_out = c_graph, None
@@ -354,28 +393,27 @@ class Phase1Trainer:
                         c, x_out = fwd(c_in[a:e], self.x_of(idx[a:e]))
                 c = c.to(prev.dtype)
                 l_cvfp = ((c - prev[a:e]) ** 2).mean(1)
-                l_div = -(c - mu).norm(dim=1)
-                loss_tok = (1 - w) * l_cvfp + w * l_div
-                loss = loss_tok.sum() / b
+                loss = (1 - w) * l_cvfp.sum() / b
+                if div_grad is not None:
+                    loss = loss + w * (c * div_grad[a:e]).sum()
                 if not bool(torch.isfinite(loss)):
                     raise NumericalError(f"phase1 pass {k}: non-finite loss at schedule tokens {p0 + a}-{p0 + e} "
-                                         f"(cvfp {float(l_cvfp.detach().sum()):.4g}, "
-                                         f"div {float(l_div.detach().sum()):.4g})")
-                if self.ddp is not None:  # every parameter takes part in each synchronised backward
-                    loss = loss * scale + 0.0 * x_out.sum()
+                                         f"(cvfp {float(l_cvfp.detach().sum()):.4g}, {self.cfg.diversity} {div:.4g})")
+                if self.ddp is not None:  # DDP averages gradients over ranks (we want their sum);
+                    loss = loss * self.dist.world + 0.0 * x_out.sum()  # every parameter takes part
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             sums["cvfp"] += float(l_cvfp.detach().sum())
-            sums["div"] += float(l_div.detach().sum())
-            sums["total"] += float(loss_tok.detach().sum())
+        if self.dist.main:  # the global batch's value, counted once over the ranks
+            sums["div"] += div * b
+        self._step(k, p0, p1)
+
+    def _step(self, k: int, p0: int, p1: int) -> None:
         if self.scaler:
             self.scaler.unscale_(self.opt)
-        if self.grad_sink is not None:
-            self.grad_sink([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
-                            for p in self.params])
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.gradient_clip))
+        grad_norm = float(clip_grad_norm_(self.params, self.cfg.gradient_clip))
         if self.scaler is None and not math.isfinite(grad_norm):  # (fp16: the scaler skips such steps)
             raise NumericalError(f"phase1 pass {k}: non-finite gradient norm ({grad_norm}) at schedule "
-                                 f"tokens {p0}-{p0 + b}; the step was not taken")
+                                 f"tokens {p0}-{p1}; the step was not taken")
         if self.scaler:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -385,6 +423,9 @@ class Phase1Trainer:
 
 
 def relative_change(theta0: dict, theta: dict) -> float:
-    num = math.sqrt(sum(float(((theta[k].float().cpu() - v.float()) ** 2).sum()) for k, v in theta0.items()))
-    den = math.sqrt(sum(float((v.float() ** 2).sum()) for v in theta0.values()))
+    """``|theta - theta_0| / |theta_0|`` over the tensors of ``theta0``, on the CPU whatever device
+    either state lives on."""
+    num = math.sqrt(sum(float(((theta[k].detach().float().cpu() - v.detach().float().cpu()) ** 2).sum())
+                        for k, v in theta0.items()))
+    den = math.sqrt(sum(float((v.detach().float().cpu() ** 2).sum()) for v in theta0.values()))
     return num / den if den > 0 else float("nan")

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.nn.utils import clip_grad_norm_
 
 from newllm.config import Phase2Config
 from newllm.cvfp.engine import Schedule, batch_ranges, chunks, scan
@@ -367,7 +368,6 @@ class Phase2Trainer:
         self.scaler = rt.grad_scaler()
         self.state = Phase2State()
         self.features: torch.Tensor | None = None   # freeze_context: head inputs of the targets
-        self.grad_sink = None  # tests: callable(list of grads) before each step
         self.ws = HeadWorkspace()
 
     def _split(self, tokens: torch.Tensor, offsets: torch.Tensor, dev: torch.device, shard: bool = False) -> dict:
@@ -554,10 +554,7 @@ class Phase2Trainer:
             del h, ce, loss
         if self.scaler:
             self.scaler.unscale_(self.opt)
-        if self.grad_sink is not None:
-            self.grad_sink([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
-                            for p in self.params])
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.gradient_clip)
+        norm = clip_grad_norm_(self.params, self.cfg.gradient_clip)
         if self.scaler:
             self.scaler.step(self.opt)  # skips the step itself on inf/NaN (fp16 overflow)
             self.scaler.update()

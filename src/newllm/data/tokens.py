@@ -30,20 +30,6 @@ class TokenSet:
     def num_samples(self) -> int:
         return int(self.offsets.numel() - 1)
 
-    def lengths(self) -> torch.Tensor:
-        return self.offsets[1:] - self.offsets[:-1]
-
-    def sample(self, s: int) -> torch.Tensor:
-        return self.tokens[self.offsets[s]:self.offsets[s + 1]]
-
-    @classmethod
-    def from_lists(cls, samples: list[list[int]]) -> "TokenSet":
-        lengths = torch.tensor([len(s) for s in samples], dtype=torch.int64)
-        offsets = torch.zeros(len(samples) + 1, dtype=torch.int64)
-        offsets[1:] = torch.cumsum(lengths, 0)
-        flat = [t for s in samples for t in s]
-        return cls(torch.tensor(flat, dtype=torch.int64), offsets)
-
 
 def save_token_set(ts: TokenSet, path: str | Path) -> None:
     atomic_torch_save({"tokens": ts.tokens.to(torch.int32), "offsets": ts.offsets.to(torch.int64),

@@ -17,187 +17,43 @@ resource.
 """
 from __future__ import annotations
 
-import base64
-import csv
-import html
 import importlib
-import io
 import json
-import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from newllm import paths
 from newllm.config import ReportConfig
-
-log = logging.getLogger(__name__)
-
-NA = "not available"
+from newllm.cvfp.model import parameter_counts
+from newllm.cvfp.rank import ATTRACTOR_COS, COLLAPSE_ER_PCT, NEAR_ZERO_NORM
+from newllm.html.common import (
+    CSS,
+    NA,
+    acc_scale,
+    esc,
+    flag_cell,
+    fmt,
+    fmt_params,
+    fmt_pct,
+    fmt_range,
+    get,
+    guarded,
+    kv_line,
+    na,
+    num,
+    pass_fail,
+    read_csv_columns,
+    table,
+    visible,
+)
+from newllm.html.plots import band, empty, figure, hline, img, xy
 
 # The seed's claimed figures (cvfp.md, "Numbers measured from the original code").
 SEED_PHASE1 = {"train_er_pct": (88.0, 90.0), "val_er_pct": (80.0, 83.0), "cvfp_loss": (0.0015, 0.002),
                "passes": (3, 5)}
 SEED_PHASE2 = {"loss": (4.5, 5.5), "ppl": (90.0, 250.0), "acc_pct": (10.0, 15.0)}
-
-# Degeneracy thresholds of newllm.cvfp.rank (kept here as documentation defaults).
-try:  # pragma: no cover - trivial
-    from newllm.cvfp.rank import ATTRACTOR_COS, COLLAPSE_ER_PCT, NEAR_ZERO_NORM
-except Exception:  # pragma: no cover
-    ATTRACTOR_COS, NEAR_ZERO_NORM, COLLAPSE_ER_PCT = 0.95, 1e-3, 10.0
-
-# ---------------------------------------------------------------------------
-# small pure helpers
-
-
-def esc(x: Any) -> str:
-    """HTML-escape any value's text (quotes included)."""
-    return html.escape("" if x is None else str(x), quote=True)
-
-
-def get(d: Any, dotted: str, default: Any = None) -> Any:
-    """``d["a.b"]`` if that flat key exists, else ``d["a"]["b"]``; ``default`` when absent."""
-    if not isinstance(d, dict):
-        return default
-    if dotted in d:
-        return d[dotted]
-    cur: Any = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
-
-
-def num(v: Any) -> float | None:
-    """A finite float, or None (bools, strings, NaN and inf are not numbers here)."""
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def fmt(v: Any, digits: int = 4) -> str:
-    """Compact, readable number formatting; None -> an em dash."""
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "NaN"
-        if math.isinf(v):
-            return "∞" if v > 0 else "−∞"
-        if v == 0:
-            return "0"
-        if abs(v) >= 1000:
-            return f"{v:,.0f}"
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def fmt_pct(v: Any, digits: int = 2) -> str:
-    f = num(v)
-    return "—" if f is None else f"{f:.{digits}f}%"
-
-
-def fmt_range(lo: float, hi: float, unit: str = "") -> str:
-    return f"{fmt(lo)}–{fmt(hi)}{unit}"
-
-
-def model_size(model_cfg: dict, head_from: str = "token") -> dict:
-    """Parameter counts of the CVFP model of ``model_cfg`` (cvfp.md; 91,429,969 at 768/768/6)."""
-    v = int(model_cfg.get("vocab_size", 50257))
-    de = int(model_cfg.get("embed_dim", 768))
-    dc = int(model_cfg.get("context_dim", 768))
-    n_layers = int(model_cfg.get("num_layers", 6))
-    h = dc + de
-    layers = n_layers * (h * h + h + 2 * dc + 2 * de)
-    embedding = v * de
-    ln_e = 2 * de
-    head = v * (de if head_from == "token" else dc) + v
-    return {"total": embedding + ln_e + layers + head, "layers": layers, "embedding": embedding,
-            "head": head, "ln_e": ln_e}
-
-
-def fmt_params(n: int) -> str:
-    return f"{n / 1e6:.2f} M" if n >= 100_000 else f"{n:,}"
-
-
-def read_csv_columns(path: Path) -> dict[str, list[float | None]]:
-    """CSV -> {column: values}; empty or non-numeric cells become None."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols: dict[str, list[float | None]] = {name: [] for name in (reader.fieldnames or [])}
-        for row in reader:
-            for name in cols:
-                cell = row.get(name)
-                cols[name].append(num(cell) if cell not in (None, "") else None)
-    return cols
-
-
-def acc_scale(*values: Any) -> float:
-    """100 when accuracies are fractions (all <= 1), 1 when they are already percentages."""
-    nums = [f for f in (num(v) for v in values) if f is not None]
-    return 1.0 if any(f > 1.0 for f in nums) else 100.0
-
-
-def pass_fail(ok: bool | None) -> str:
-    if ok is None:
-        return '<td class="na">—</td>'
-    return '<td class="pass">PASS</td>' if ok else '<td class="fail">FAIL</td>'
-
-
-def flag_cell(flag: Any) -> str:
-    if flag is None:
-        return '<td class="na">—</td>'
-    return '<td class="fail">YES</td>' if flag else '<td class="pass">no</td>'
-
-
-def visible(text: Any) -> str:
-    """Escaped text with line breaks and tabs shown as marks, so a run of newlines stays one line."""
-    t = esc(text).replace("\r\n", "\n")
-    return (t.replace("\n", '<span class="ws">↵</span>').replace("\r", '<span class="ws">␍</span>')
-            .replace("\t", '<span class="ws">⇥</span>'))
-
-
-def na(what: str) -> str:
-    return f'<p class="na">{esc(NA)}: {esc(what)}</p>'
-
-
-def table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
-    """Rows are lists of ready-made cells: '<td ...>' strings pass through, others are escaped."""
-    def cell(c: str) -> str:
-        return c if c.startswith("<td") or c.startswith("<th") else f"<td>{esc(c)}</td>"
-    h = "".join(f"<th>{esc(x)}</th>" for x in head)
-    body = "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
-    return f'<table class="{esc(cls)}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def kv_line(d: dict) -> str:
-    """``key=value · key=value`` for a flat config section (escaped)."""
-    items = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            v = json.dumps(v, sort_keys=True)
-        elif isinstance(v, (list, tuple)):
-            v = json.dumps(list(v))
-        items.append(f'<span class="kv"><b>{esc(k)}</b>=<code>{esc(v)}</code></span>')
-    return " ".join(items)
-
-
-def has_remote_refs(html_text: str) -> bool:
-    """True when the HTML references a network resource (src/href/url() with a scheme or //)."""
-    return bool(re.search(r"""(?:src|href|action|poster|data)\s*=\s*["']?\s*(?:https?:)?//"""
-                          r"""|url\(\s*["']?\s*(?:https?:)?//|@import""", html_text, re.I))
-
 
 # ---------------------------------------------------------------------------
 # inputs
@@ -283,65 +139,8 @@ class Inputs:
 # plots
 
 
-def _figure(nrows: int, ncols: int, width: float = 11.0, height: float = 3.6):
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
-    for ax in axes:
-        ax.grid(True, which="major", alpha=0.3)
-        ax.tick_params(labelsize=9)
-    return fig, axes
-
-
-def png_data_uri(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def img(fig, alt: str) -> str:
-    return f'<img class="plot" alt="{esc(alt)}" src="{png_data_uri(fig)}">'
-
-
-def _xy(xs: list, ys: list, positive: bool = False) -> tuple[list, list]:
-    out_x, out_y = [], []
-    for x, y in zip(xs, ys):
-        if x is None or y is None or (positive and y <= 0):
-            continue
-        out_x.append(x)
-        out_y.append(y)
-    return out_x, out_y
-
-
-def _empty(ax, text: str = "no data") -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#888", fontsize=11)
-
-
-def _hline(ax, y: Any, label: str, color: str, style: str = "--") -> None:
-    f = num(y)
-    if f is not None:
-        ax.axhline(f, color=color, linestyle=style, linewidth=1.2, label=label)
-
-
-def _band(ax, lo: float, hi: float, label: str) -> None:
-    ax.axhspan(lo, hi, color="#f2c744", alpha=0.18, label=label, linewidth=0)
-
-
 # ---------------------------------------------------------------------------
 # sections
-
-
-def section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>\n{body}\n</section>'
-
-
-def guarded(anchor: str, title: str, fn: Callable[[], str]) -> str:
-    """A section whose builder failed still appears, saying what went wrong."""
-    try:
-        return section(anchor, title, fn())
-    except Exception as e:  # a broken input must not cost the whole report
-        log.warning("report section %r failed: %s: %s", title, type(e).__name__, e)
-        return section(anchor, title, na(f"this section could not be built ({type(e).__name__}: {e})"))
 
 
 @dataclass
@@ -467,7 +266,7 @@ def header_body(inp: Inputs, vd: Verdict) -> str:
     mc = inp.model_cfg()
     if mc:
         try:
-            sz = model_size(mc, inp.head_from())
+            sz = parameter_counts(mc, inp.head_from())
             rows.append(["model", f"{fmt_params(sz['total'])} parameters ({sz['total']:,}): "
                                   f"d_c={mc.get('context_dim')}, d_e={mc.get('embed_dim')}, "
                                   f"L={mc.get('num_layers')}; layers {fmt_params(sz['layers'])}, "
@@ -610,7 +409,7 @@ def passes_body(inp: Inputs) -> str:
     if h is None:
         return na(inp.why("passes"))
     x = h.get("pass_index") or list(range(len(next(iter(h.values())))))
-    fig, axes = _figure(2, 2, height=6.0)
+    fig, axes = figure(2, 2, height=6.0)
     min_ratio = num(get(inp.phase1_side, "config.phase1.min_converged_ratio"))
     specs = [("cvfp_loss", "CVFP loss (MSE to previous pass)", "log"),
              ("div_loss", "diversity loss −‖c − μ‖", "linear"),
@@ -621,13 +420,13 @@ def passes_body(inp: Inputs) -> str:
         ax.set_xlabel("pass index", fontsize=9)
         ys = h.get(col)
         if ys is None:
-            _empty(ax, f"column {col} missing")
+            empty(ax, f"column {col} missing")
             continue
         if col == "converged_frac":
             ys = [None if y is None else 100 * y for y in ys]
-        px, py = _xy(x, ys)
+        px, py = xy(x, ys)
         if not px:
-            _empty(ax, "no training pass yet" if col in ("cvfp_loss", "div_loss") else "no data")
+            empty(ax, "no training pass yet" if col in ("cvfp_loss", "div_loss") else "no data")
             continue
         ax.plot(px, py, "o-", color="#1f5fa8", markersize=4)
         wide = min(py) > 0 and max(py) / min(py) > (10 if scale == "log" else 100)
@@ -636,7 +435,7 @@ def passes_body(inp: Inputs) -> str:
         if col == "converged_frac":
             ax.set_ylim(-3, 103)
             if min_ratio is not None:
-                _hline(ax, 100 * min_ratio, f"early-stop ratio {100 * min_ratio:g}%", "#c0392b")
+                hline(ax, 100 * min_ratio, f"early-stop ratio {100 * min_ratio:g}%", "#c0392b")
                 ax.legend(fontsize=8, loc="center right")
         from matplotlib.ticker import MaxNLocator
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -656,7 +455,7 @@ def spectrum_body(inp: Inputs) -> str:
               "val": ("validation (trained θ)", "#2e8b57", "-", get(v, "val.er_pct")),
               "train_untrained": ("train, untrained θ₀", "#888888", "--", get(v, "train.er_pct_untrained")),
               "input": ("input stream x", "#d2691e", ":", get(v, "input.er_pct"))}
-    fig, (ax,) = _figure(1, 1, height=4.2)
+    fig, (ax,) = figure(1, 1, height=4.2)
     drawn = 0
     for col, ys in s.items():
         if col == "rank":
@@ -664,7 +463,7 @@ def spectrum_body(inp: Inputs) -> str:
         label, color, style, er = labels.get(col, (col, None, "-", None))
         if num(er) is not None:
             label += f" — ER {num(er):.2f}%"
-        px, py = _xy(rank, ys, positive=True)
+        px, py = xy(rank, ys, positive=True)
         if px:
             ax.plot(px, py, linestyle=style, color=color, linewidth=1.6, label=label)
             drawn += 1
@@ -688,8 +487,8 @@ def convergence_body(inp: Inputs) -> str:
     if xs is None or ys is None:
         return na("metrics/convergence.csv lacks the columns pass,diff")
     thr = num(get(inp.validate, "thresholds.max_final_diff"))
-    fig, (ax,) = _figure(1, 1, width=8.0, height=3.0)
-    px, py = _xy(xs, ys, positive=True)
+    fig, (ax,) = figure(1, 1, width=8.0, height=3.0)
+    px, py = xy(xs, ys, positive=True)
     zx = [x for x, y in zip(xs, ys) if x is not None and y is not None and y <= 0]
     floor_candidates = py + ([thr] if thr else [])
     floor = (min(floor_candidates) / 100) if floor_candidates else 1e-6
@@ -699,7 +498,7 @@ def convergence_body(inp: Inputs) -> str:
         ax.plot(zx, [floor] * len(zx), "v", color="#c0392b", markersize=9,
                 label=f"exactly 0 (drawn at {floor:.0e})")
     if thr is not None:
-        _hline(ax, thr, f"criterion final_diff < {thr:g}", "#c0392b")
+        hline(ax, thr, f"criterion final_diff < {thr:g}", "#c0392b")
     ax.set_yscale("log")
     ax.set_xlabel("frozen pass j", fontsize=9)
     ax.set_ylabel("diff", fontsize=9)
@@ -736,7 +535,7 @@ def phase2_body(inp: Inputs) -> str:
             uni_loss = math.log(uni_ppl)
         if bi_loss is None and bi_ppl:
             bi_loss = math.log(bi_ppl)
-        fig, axes = _figure(1, 3, height=3.8)
+        fig, axes = figure(1, 3, height=3.8)
         ax_l, ax_p, ax_a = axes
         from matplotlib.ticker import MaxNLocator
         for ax in axes:
@@ -744,29 +543,29 @@ def phase2_body(inp: Inputs) -> str:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_l.set_title("cross-entropy loss", fontsize=10)
         for col, color, label in (("train_loss", "#1f5fa8", "train"), ("val_loss", "#2e8b57", "validation")):
-            px, py = _xy(e, ep.get(col) or [])
+            px, py = xy(e, ep.get(col) or [])
             if px:
                 ax_l.plot(px, py, "o-", color=color, label=label, markersize=4)
-        _hline(ax_l, uni_loss, "unigram", "#c0392b")
-        _hline(ax_l, bi_loss, "bigram", "#8e44ad", ":")
-        _band(ax_l, *SEED_PHASE2["loss"], "seed's claim")
+        hline(ax_l, uni_loss, "unigram", "#c0392b")
+        hline(ax_l, bi_loss, "bigram", "#8e44ad", ":")
+        band(ax_l, *SEED_PHASE2["loss"], "seed's claim")
         ax_p.set_title("perplexity (log scale)", fontsize=10)
         for col, color, label in (("train_ppl", "#1f5fa8", "train"), ("val_ppl", "#2e8b57", "validation")):
-            px, py = _xy(e, ep.get(col) or [], positive=True)
+            px, py = xy(e, ep.get(col) or [], positive=True)
             if px:
                 ax_p.plot(px, py, "o-", color=color, label=label, markersize=4)
-        _hline(ax_p, uni_ppl, "unigram", "#c0392b")
-        _hline(ax_p, bi_ppl, "bigram", "#8e44ad", ":")
-        _band(ax_p, *SEED_PHASE2["ppl"], "seed's claim")
+        hline(ax_p, uni_ppl, "unigram", "#c0392b")
+        hline(ax_p, bi_ppl, "bigram", "#8e44ad", ":")
+        band(ax_p, *SEED_PHASE2["ppl"], "seed's claim")
         ax_p.set_yscale("log")
         ax_a.set_title("validation top-1 accuracy (%)", fontsize=10)
         accs = [None if y is None else y * scale for y in (ep.get("val_acc") or [])]
-        px, py = _xy(e, accs)
+        px, py = xy(e, accs)
         if px:
             ax_a.plot(px, py, "o-", color="#2e8b57", label="validation", markersize=4)
         maj = num(get(p2, "baseline.majority_acc"))
-        _hline(ax_a, None if maj is None else maj * scale, "majority token", "#c0392b")
-        _band(ax_a, *SEED_PHASE2["acc_pct"], "seed's claim")
+        hline(ax_a, None if maj is None else maj * scale, "majority token", "#c0392b")
+        band(ax_a, *SEED_PHASE2["acc_pct"], "seed's claim")
         for ax in axes:
             ax.legend(fontsize=7.5, loc="best", framealpha=0.85)
         out.append(img(fig, "Phase 2 epoch curves"))
@@ -892,34 +691,6 @@ def timings_body(inp: Inputs) -> str:
     note = f'<p class="note">Device: {esc(dev)}.</p>' if dev else ""
     return table(["stage"] + [heads[c] for c in present], rows, "criteria") + note
 
-
-CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;background:#f6f7f9;color:#1b1f24;}
-main{max-width:1140px;margin:0 auto;padding:18px 24px 60px;background:#fff;}
-h1{font-size:1.6em;margin:.2em 0 .4em;} h2{font-size:1.25em;border-bottom:2px solid #dde2e8;padding-bottom:4px;
-margin-top:1.8em;} h3{font-size:1.05em;margin:1.2em 0 .4em;} h4{font-size:.95em;margin:.8em 0 .3em;}
-.banner{padding:12px 16px;border-radius:6px;margin:8px 0 16px;}
-.banner .verdict{font-size:1.15em;font-weight:700;}
-.banner ul{margin:6px 0 0 0;padding-left:20px;} .banner li{margin:2px 0;}
-.banner.bad{background:#b00020;color:#fff;border:3px solid #6d0014;}
-.banner.warn{background:#fff3cd;color:#5c4400;border:2px solid #e0b400;}
-.banner.ok{background:#e3f6e8;color:#0a5c1f;border:2px solid #3aa35a;}
-table{border-collapse:collapse;margin:6px 0 10px;font-size:.9em;}
-th,td{border:1px solid #d5dae0;padding:4px 8px;text-align:left;vertical-align:top;}
-th{background:#eef1f5;} table.kvtable td:first-child{font-weight:600;white-space:nowrap;}
-table.kvtable thead{display:none;} table.small{font-size:.8em;}
-td.pass{background:#d7f5dd;color:#0a5c1f;font-weight:600;} td.fail{background:#fbd5d5;color:#8b0000;font-weight:700;}
-td.warnc{background:#fff3cd;color:#5c4400;} td.na,.na{color:#7a7f87;font-style:italic;}
-.okt{color:#0a5c1f;} .badt{color:#b00020;} p.oneline{font-size:1.0em;}
-.note{color:#4a5059;font-size:.85em;} img.plot{max-width:100%;display:block;margin:6px 0;}
-.cfg{font-size:.82em;margin:3px 0;line-height:1.6;} .cfg .sec{display:inline-block;min-width:70px;font-weight:700;}
-.kv{margin-right:10px;white-space:nowrap;} code{font-family:Menlo,Consolas,monospace;font-size:.95em;}
-.gen{border:1px solid #d5dae0;border-radius:4px;padding:8px 10px;margin:6px 0;white-space:pre-wrap;
-font-family:Menlo,Consolas,monospace;font-size:.88em;word-break:break-word;}
-.prompt{font-weight:700;color:#1b1f24;} .ws{color:#c0392b;font-weight:700;}
-.cont{color:#1f5fa8;background:#eef4fb;margin-left:4px;}
-nav{font-size:.85em;margin-bottom:6px;} nav a{margin-right:10px;color:#1f5fa8;}
-"""
 
 SECTION_TITLES = [
     ("criteria", "Success criteria (seed) and references"),

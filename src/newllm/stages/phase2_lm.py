@@ -40,12 +40,13 @@ from newllm.io import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    csv_text,
     read_json,
     state_dict_digest,
 )
 from newllm.resume import ResumeStore, fingerprint, first_non_finite
 from newllm.runtime import Runtime, merge_peaks, oom_advice, peak_memory
-from newllm.stages.phase1_fixed_point import history_csv, load_checkpoint
+from newllm.stages.phase1_fixed_point import load_checkpoint
 
 log = logging.getLogger(__name__)
 SECTIONS = STAGE_SECTIONS["phase2_lm"]
@@ -207,7 +208,7 @@ def run(cfg: Config) -> dict:
     atomic_write_json(paths.sidecar(paths.PHASE2_LATEST), sidecar(trainer, last))
     rows = [{**{k: r[k] for k in CSV_COLUMNS[:-2]}, "unigram_ppl": _r(base["unigram_ppl"], 4),
              "bigram_ppl": _r(base["bigram_ppl"], 4)} for r in hist]
-    atomic_write_text(paths.PHASE2_HISTORY, history_csv(rows))
+    atomic_write_text(paths.PHASE2_HISTORY, csv_text(rows))
     epoch_s = sum(r["time_s"] for r in hist)
     metrics = {
         "val": {"loss": _r(last["val_loss"]), "ppl": _r(last["val_ppl"], 4), "acc": _r(last["val_acc"])},

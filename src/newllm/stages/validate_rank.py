@@ -19,7 +19,7 @@ from newllm.cvfp.rank import (
 from newllm.data.tokens import load_token_set
 from newllm.errors import CheckpointError, DataError, NewLLMError
 from newllm.io import atomic_write_json, atomic_write_text, torch_load
-from newllm.runtime import Runtime, peak_memory
+from newllm.runtime import Progress, Runtime, peak_memory
 from newllm.stages.phase1_fixed_point import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -54,80 +54,91 @@ def run(cfg: Config) -> dict:
     tc = load_contexts(paths.CONTEXTS_TRAIN, train.num_tokens, mcfg.context_dim)
     vc = load_contexts(paths.CONTEXTS_VAL, val.num_tokens, mcfg.context_dim)
     seed = int(side["config"]["seed"])
-
-    reports = {
-        "train": context_report(tc["contexts"], v.cosine_pairs, seed),
-        "val": context_report(vc["contexts"], v.cosine_pairs, seed),
-        "train_untrained": context_report(tc["untrained"], v.cosine_pairs, seed),
-        "val_untrained": context_report(vc["untrained"], v.cosine_pairs, seed),
-    }
+    prog = Progress("validate_rank", 7, unit="steps")
+    last_pass = context_report(tc["contexts"], v.cosine_pairs, seed)
+    prog.update(1)
+    # the convergence check (fp32, theta frozen): 5 more passes from the last training pass;
+    # the train ER is that of the contexts the frozen network then produces
     x = embed_all(model, train.tokens.to(rt.device), rt.device)
-    s_input = singular_values(x)
-    er_input = effective_rank(s_input)
-    er_gauss = gaussian_er(train.num_tokens, mcfg.context_dim, seed)
-
-    # convergence check: 5 more frozen passes, carrying each stream's last context
     sched = Schedule.build(train.offsets, p1.stream)
-    diffs = convergence_diffs(model, sched, x, tc["contexts"].to(rt.device), v.convergence_passes, rt)
-    final_diff = diffs[-1]
-
-    tr, va = reports["train"], reports["val"]
-    criteria = {
-        # the seed's criteria are strict: train ER > 85%, val ER > 75%, final_diff < 0.001
-        "train_er": tr["er_pct"] > v.min_train_er_pct,
-        "val_er": va["er_pct"] > v.min_val_er_pct,
-        "final_diff": final_diff < v.max_final_diff,
-    }
-    passed = all(criteria.values())
-    d = mcfg.context_dim
-    strip = lambda r: {k: val for k, val in r.items() if k != "singular_values"}  # noqa: E731
-    metrics = {
-        "passed": passed,
-        "criteria": criteria,
-        "thresholds": {"min_train_er_pct": v.min_train_er_pct, "min_val_er_pct": v.min_val_er_pct,
-                       "max_final_diff": v.max_final_diff},
-        "train": {**strip(tr), "er_pct_untrained": reports["train_untrained"]["er_pct"],
-                  "tokens": train.num_tokens},
-        "val": {**strip(va), "er_pct_untrained": reports["val_untrained"]["er_pct"], "tokens": val.num_tokens},
-        "untrained": {"train": strip(reports["train_untrained"]), "val": strip(reports["val_untrained"])},
-        "input": {"er": round(er_input, 4), "er_pct": round(100 * er_input / mcfg.embed_dim, 4)},
-        "gaussian": {"er": round(er_gauss, 4), "er_pct": round(100 * er_gauss / d, 4)},
-        "final_diff": final_diff,
-        "convergence_passes": v.convergence_passes,
-        "collapsed": bool(tr["collapsed"] or va["collapsed"]),
-        "embeddings": side.get("embeddings"),
-        "optimizer_steps": side.get("optimizer_steps"),
-        "time_s": round(time.perf_counter() - t0, 2),
-        **peak_memory(rt.device),
-    }
+    contexts = tc["contexts"].to(rt.device)
+    diffs = convergence_diffs(model, sched, x, contexts, v.convergence_passes)
+    prog.update(1)
+    reports = {"train": context_report(contexts, v.cosine_pairs, seed),
+               "val": context_report(vc["contexts"], v.cosine_pairs, seed)}
+    prog.update(2)
+    reports.update(train_untrained=context_report(tc["untrained"], v.cosine_pairs, seed),
+                   val_untrained=context_report(vc["untrained"], v.cosine_pairs, seed))
+    prog.update(2)
+    s_input = singular_values(x)
+    refs = {"input": effective_rank(s_input), "gaussian": gaussian_er(train.num_tokens, mcfg.context_dim, seed)}
+    prog.update(1)
+    metrics = _verdict(v, reports, last_pass, refs, diffs, mcfg, side, train, val)
+    metrics.update(time_s=round(time.perf_counter() - t0, 2), **peak_memory(rt.device))
     atomic_write_json(paths.VALIDATE_METRICS, metrics)
     atomic_write_text(paths.CONVERGENCE, "pass,diff\n" + "".join(f"{j + 1},{x_:.8g}\n" for j, x_ in enumerate(diffs)))
     _write_spectrum(reports, s_input)
     # the gate's content changes only with the verdict or the Phase 1 model
-    atomic_write_json(paths.GATE, {"passed": passed, "phase1_model": side.get("model_digest")})
+    atomic_write_json(paths.GATE, {"passed": metrics["passed"], "phase1_model": side.get("model_digest")})
+    _announce(v, metrics)
+    return metrics
 
-    verdict = "PASSED" if passed else "FAILED"
-    lines = [f"validate_rank: {verdict} the seed's criteria",
+
+def _verdict(v, reports: dict, last_pass: dict, refs: dict, diffs: list[float], mcfg, side: dict,
+             train, val) -> dict:
+    """metrics/validate.json: the criteria, the ranks with their references, the flags."""
+    tr, va = reports["train"], reports["val"]
+    final_diff = diffs[-1]
+    criteria = {
+        # the original guide's criteria are strict: train ER > 85%, val ER > 75%, final_diff < 0.001
+        "train_er": tr["er_pct"] > v.min_train_er_pct,
+        "val_er": va["er_pct"] > v.min_val_er_pct,
+        "final_diff": final_diff < v.max_final_diff,
+    }
+    d = mcfg.context_dim
+    strip = lambda r: {k: val for k, val in r.items() if k != "singular_values"}  # noqa: E731
+    return {
+        "passed": all(criteria.values()),
+        "criteria": criteria,
+        "thresholds": {"min_train_er_pct": v.min_train_er_pct, "min_val_er_pct": v.min_val_er_pct,
+                       "max_final_diff": v.max_final_diff},
+        "train": {**strip(tr), "er_pct_untrained": reports["train_untrained"]["er_pct"],
+                  "er_pct_last_pass": last_pass["er_pct"], "tokens": train.num_tokens},
+        "val": {**strip(va), "er_pct_untrained": reports["val_untrained"]["er_pct"], "tokens": val.num_tokens},
+        "untrained": {"train": strip(reports["train_untrained"]), "val": strip(reports["val_untrained"])},
+        "input": {"er": round(refs["input"], 4), "er_pct": round(100 * refs["input"] / mcfg.embed_dim, 4)},
+        "gaussian": {"er": round(refs["gaussian"], 4), "er_pct": round(100 * refs["gaussian"] / d, 4)},
+        "final_diff": final_diff,
+        "convergence_passes": v.convergence_passes,
+        "check_precision": "fp32",
+        "collapsed": bool(tr["collapsed"] or va["collapsed"]),
+        "embeddings": side.get("embeddings"),
+        "diversity": side["config"]["phase1"].get("diversity", "ema_distance"),
+        "optimizer_steps": side.get("optimizer_steps"),
+    }
+
+
+def _announce(v, metrics: dict) -> None:
+    """The verdict in the log: info when it passed, a warning banner when it failed."""
+    tr, va, criteria = metrics["train"], metrics["val"], metrics["criteria"]
+    lines = [f"validate_rank: {'PASSED' if metrics['passed'] else 'FAILED'} the original guide's criteria",
              f"  train ER {tr['er_pct']:.2f}% (> {v.min_train_er_pct}: {criteria['train_er']}; "
-             f"untrained {reports['train_untrained']['er_pct']:.2f}%, gaussian {metrics['gaussian']['er_pct']:.2f}%)",
+             f"untrained {tr['er_pct_untrained']:.2f}%, gaussian {metrics['gaussian']['er_pct']:.2f}%)",
              f"  val ER   {va['er_pct']:.2f}% (> {v.min_val_er_pct}: {criteria['val_er']}; "
-             f"untrained {reports['val_untrained']['er_pct']:.2f}%)",
-             f"  final_diff {final_diff:.6g} (< {v.max_final_diff}: {criteria['final_diff']})",
+             f"untrained {va['er_pct_untrained']:.2f}%)",
+             f"  final_diff {metrics['final_diff']:.6g} (< {v.max_final_diff}: {criteria['final_diff']}; fp32 check)",
              f"  collapse: train {tr['collapsed']} (mean cos {tr['mean_cos']:.3f}, |c| {tr['mean_norm']:.3g}), "
              f"val {va['collapsed']}"]
-    if passed:
+    if metrics["passed"]:
         for line in lines:
             log.info(line)
-    else:
-        banner = "!" * 72
-        log.warning(banner)
-        for line in lines:
-            log.warning(line)
-        log.warning(banner)
-        if v.enforce:
-            raise NewLLMError("validate_rank: the Phase 1 model failed the seed's criteria and "
-                              "validate.enforce is true; stopping before phase2 (see metrics/validate.json)")
-    return metrics
+        return
+    banner = "!" * 72
+    for line in (banner, *lines, banner):
+        log.warning(line)
+    if v.enforce:
+        raise NewLLMError("validate_rank: the Phase 1 model failed the original guide's criteria and "
+                          "validate.enforce is true; stopping before phase2 (see metrics/validate.json)")
 
 
 def _write_spectrum(reports: dict, s_input: torch.Tensor) -> None:

@@ -1,0 +1,117 @@
+"""Phase 1 diversity objectives: one function per name, chosen by ``phase1.diversity``.
+
+Phase 1 minimises ``(1 - w) * mean_t L_cvfp(t) + w * D(C)`` per optimizer batch, where ``C``
+(b x d_c) holds the batch's contexts and ``w = phase1.dist_reg_weight``. Every objective
+here is ``D(C, mu, cfg) -> scalar`` on the *whole* batch (whatever ``chunk_tokens`` is); a
+per-token term is the mean over the batch's rows. The trainer takes ``dD/dC`` once per
+batch (``value_and_grad``) and pushes it through the chunks' forward graphs, and the
+per-token reference of the tests calls the same functions, so adding an objective is one
+function plus one entry in ``OBJECTIVES``. Formulas, costs and measurements: docs/objectives.md.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+
+from newllm.config import BATCH_LEVEL_OBJECTIVES, DIVERSITY_OBJECTIVES, Phase1Config
+
+Objective = Callable[[torch.Tensor, torch.Tensor, Phase1Config], torch.Tensor]
+
+
+def ema_distance(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
+    """The original guide's term: mean over tokens of ``-||c_t - mu||``, ``mu`` the context EMA.
+    On the LayerNorm sphere it is lowest for a two-point (rank-one) arrangement."""
+    return -(c - mu).norm(dim=1).mean()
+
+
+def centroid_dispersion(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
+    """MCDL: ``-||C - mean(C)||_F / b``, the batch's spread around its own centroid."""
+    return -(c - c.mean(0)).norm() / c.shape[0]
+
+
+def origin_anchored(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
+    """OACD: MCDL plus ``centroid_weight * ||mean(C)||^2``, which keeps the centroid at the origin."""
+    return centroid_dispersion(c, mu, cfg) + cfg.centroid_weight * c.mean(0).pow(2).sum()
+
+
+def vicreg(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
+    """VICReg's variance and covariance terms: ``mean_j relu(gamma - std_j)`` plus
+    ``vicreg_cov_weight * sum_{i != j} cov_ij^2 / d`` over the batch's dimensions."""
+    b, d = c.shape
+    centred = c - c.mean(0)
+    std = torch.sqrt(centred.pow(2).sum(0) / (b - 1) + 1e-4)
+    variance = F.relu(cfg.vicreg_variance_target - std).mean()
+    cov = centred.T @ centred / (b - 1)
+    off_diagonal = cov.pow(2).sum() - cov.diagonal().pow(2).sum()
+    return variance + cfg.vicreg_cov_weight * off_diagonal / d
+
+
+def uniformity(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
+    """Wang & Isola's uniformity: ``log mean_{i != j} exp(-t ||z_i - z_j||^2)`` with ``z = c/||c||``
+    (lowest when the directions spread evenly over the sphere). O(b^2 d) per batch."""
+    b = c.shape[0]
+    z = F.normalize(c, dim=1)
+    sq = (2.0 - 2.0 * (z @ z.T)).clamp_min(0.0)
+    sq = sq.masked_fill(torch.eye(b, dtype=torch.bool, device=c.device), float("inf"))
+    return torch.logsumexp(-cfg.uniformity_temperature * sq.flatten(), 0) - torch.log(
+        torch.tensor(float(b * (b - 1)), dtype=c.dtype, device=c.device))
+
+
+def _singular_values(c: torch.Tensor) -> torch.Tensor:
+    """Singular values of ``c`` from the eigenvalues of its smaller Gram matrix, in float64
+    (floored, so that the square root keeps a finite gradient at zero)."""
+    c64 = c.double()
+    gram = c64.T @ c64 if c.shape[0] >= c.shape[1] else c64 @ c64.T
+    ev = torch.linalg.eigvalsh(gram)
+    floor = ev.detach().max().clamp_min(1e-30) * 1e-12
+    return ev.clamp_min(floor).sqrt()
+
+
+def spectral_entropy(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
+    """``-log ER(C)``: minus the entropy of ``p = s / sum(s)`` over the batch's singular values, the
+    batch's version of the effective rank validate_rank reports (not mean-centred)."""
+    s = _singular_values(c)
+    p = s / s.sum()
+    return ((p * p.log()).sum()).to(c.dtype)
+
+
+def nuclear(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
+    """``-||C||_* / (||C||_F sqrt(min(b, d)))``: the nuclear norm made scale-free (it lies in
+    [-1, -1/sqrt(min(b, d))]), so that growing the context norm cannot lower it."""
+    s = _singular_values(c)
+    return (-s.sum() / (s.pow(2).sum().sqrt() * min(c.shape) ** 0.5)).to(c.dtype)
+
+
+def none(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
+    """No diversity term: Phase 1 is the fixed-point loss alone (scaled by ``1 - w``)."""
+    return c.sum() * 0.0
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "ema_distance": ema_distance,
+    "centroid_dispersion": centroid_dispersion,
+    "origin_anchored": origin_anchored,
+    "vicreg": vicreg,
+    "uniformity": uniformity,
+    "spectral_entropy": spectral_entropy,
+    "nuclear": nuclear,
+    "none": none,
+}
+assert tuple(OBJECTIVES) == DIVERSITY_OBJECTIVES, "phase1.diversity's allowed names are the functions here"
+BATCH_LEVEL = BATCH_LEVEL_OBJECTIVES
+
+
+def value_and_grad(name: str, c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config,
+                   need_grad: bool = True) -> tuple[float, torch.Tensor | None]:
+    """``D(C)`` and ``dD/dC`` for the batch contexts ``c`` (b x d, any dtype; taken in fp32 at
+    least, outside autocast). The gradient is None when ``need_grad`` is false or D is constant."""
+    fn = OBJECTIVES[name]
+    with torch.autocast(c.device.type, enabled=False), torch.enable_grad():
+        leaf = c.detach().to(torch.promote_types(c.dtype, torch.float32)).requires_grad_(need_grad)
+        value = fn(leaf, mu.to(leaf.dtype), cfg)
+        if not need_grad or name == "none":
+            return float(value.detach()), None
+        (grad,) = torch.autograd.grad(value, leaf)
+    return float(value.detach()), grad
