@@ -1,4 +1,4 @@
-"""Stage fetch_ultrachat: conversations (train, validation) into data/raw/."""
+"""DVC stage fetch_ultrachat (code: src/newllm/stages/fetch_ultrachat.py)."""
 from newllm.cli import stage_main
 
 if __name__ == "__main__":

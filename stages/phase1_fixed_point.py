@@ -1,4 +1,4 @@
-"""DVC stage phase1_fixed_point: Phase 1 fixed-point training."""
+"""DVC stage phase1_fixed_point (code: src/newllm/stages/phase1_fixed_point.py)."""
 from newllm.cli import stage_main
 
 if __name__ == "__main__":

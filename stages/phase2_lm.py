@@ -1,4 +1,4 @@
-"""DVC stage phase2_lm: Phase 2 next-token training."""
+"""DVC stage phase2_lm (code: src/newllm/stages/phase2_lm.py)."""
 from newllm.cli import stage_main
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""DVC stage report: the HTML report of the run."""
+"""DVC stage report (code: src/newllm/stages/report.py)."""
 from newllm.cli import stage_main
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage tokenize_cache: GPT-2 token caches, the tokenizer and metrics/data.json."""
+"""DVC stage tokenize_cache (code: src/newllm/stages/tokenize_cache.py)."""
 from newllm.cli import stage_main
 
 if __name__ == "__main__":

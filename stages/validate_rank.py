@@ -1,4 +1,4 @@
-"""DVC stage validate_rank: effective rank, convergence check and verdict."""
+"""DVC stage validate_rank (code: src/newllm/stages/validate_rank.py)."""
 from newllm.cli import stage_main
 
 if __name__ == "__main__":

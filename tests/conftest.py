@@ -24,6 +24,7 @@ TINY_PARAMS = {
     "phase1": {"max_iterations": 3, "batch_tokens": 64, "chunk_tokens": 128},
     "validate": {"convergence_passes": 2, "cosine_pairs": 200},
     "phase2": {"epochs": 2, "batch_tokens": 128, "chunk_tokens": 64},
+    "transformer": {"epochs": 2, "batch_tokens": 128, "chunk_tokens": 64},
     "runtime": {"device": "cpu", "threads": 1},
     "report": {"max_new_tokens": 5},
 }

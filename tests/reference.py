@@ -98,7 +98,7 @@ def phase1_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
 
 
 def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tensor, cfg, stream: str,
-                     embeddings_frozen: bool, grad_sink=None) -> dict:
+                     embeddings_frozen: bool, grad_sink=None, seed: int = 0) -> dict:
     """Phase 2 token by token (``newllm.cvfp.phase2`` semantics): each token's forward with
     ``c_{-1} = 0`` per stream and the context carried detached, its own CE divided by the
     number of targets of its batch and its own backward; an optimizer step at every batch
@@ -106,25 +106,29 @@ def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
     from torch.nn import functional as Fn
 
     from newllm.cvfp.phase2 import (
-        make_optimizer,
+        NOISE_SEED_OFFSET,
         next_token_targets,
         trainable_parameters,
     )
+    from newllm.lm_loss import make_optimizer
 
     order = token_order(offsets.tolist(), stream)
     tokens = tokens.long()
     n, d_c = tokens.numel(), model.cfg.context_dim
     tgt = next_token_targets(tokens, offsets, stream)
+    embeddings_frozen = embeddings_frozen or cfg.freeze_embeddings
     params = trainable_parameters(model, cfg.freeze_context, embeddings_frozen)
     train_embed = not (cfg.freeze_context or embeddings_frozen)
-    opt = make_optimizer(params, cfg.learning_rate)  # the trainer's (fused Adam where available)
+    opt = make_optimizer(params, cfg.learning_rate, cfg.weight_decay)  # the trainer's (fused where available)
     n_streams = max(j for _, j, _ in order) + 1
     b_size = n if (cfg.batch_tokens <= 0 or cfg.batch_tokens >= n) else cfg.batch_tokens
     has = [int(tgt[i]) >= 0 for i, _, _ in order]
     total_targets = sum(has)
     losses, steps = [], 0
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         carry = [torch.zeros(d_c) for _ in range(n_streams)]
+        noise = pass_noise(seed + NOISE_SEED_OFFSET, epoch, d_c, cfg.context_noise_std)
+        noise = noise.rows(0, n) if noise is not None else None  # by schedule position
         ce_sum = 0.0
         opt.zero_grad(set_to_none=True)
         for pos, (i, j, t) in enumerate(order):
@@ -134,7 +138,8 @@ def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
             x = model.embed_tokens(tokens[i:i + 1])
             if not train_embed:
                 x = x.detach()
-            c, x2 = model.step(carry[j].unsqueeze(0), x)
+            c_in = carry[j] if noise is None or t == 0 else carry[j] + noise[pos]
+            c, x2 = model.step(c_in.unsqueeze(0), x)
             carry[j] = c[0].detach()
             if has[pos]:
                 ce = Fn.cross_entropy(model.logits(c, x2), tgt[i:i + 1], reduction="sum")

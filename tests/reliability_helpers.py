@@ -18,7 +18,8 @@ from pathlib import Path
 import yaml
 from conftest import ROOT, TINY_PARAMS, deep_update
 
-STAGES = ["fetch_ultrachat", "tokenize_cache", "phase1_fixed_point", "validate_rank", "phase2_lm", "report"]
+STAGES = ["fetch_ultrachat", "tokenize_cache", "baselines", "phase1_fixed_point", "validate_rank", "phase2_lm",
+          "transformer_lm", "report"]
 # volatile metrics: wall time, speed, memory
 VOLATILE = ("time", "tokens_per_s", "tok_per_s", "peak", "rss", "_mb", "elapsed")
 

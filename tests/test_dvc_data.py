@@ -16,7 +16,7 @@ def test_repro_reruns_exactly_what_changed(tmp_path):
     for out in ("data/raw/train.jsonl", "data/raw/val.jsonl", "data/tokens/train.pt",
                 "data/tokens/val.pt", "data/tokenizer/tokenizer.json"):
         assert (repo.path / out).is_file(), out
-    shown = json.loads(repo.dvc("metrics", "show", "--json").stdout)
+    shown = json.loads(repo.dvc("metrics", "show", "metrics/data.json", "--json").stdout)
     metrics = next(iter(shown.values()))["data"]["metrics/data.json"]["data"]
     assert metrics["train"] == {"samples": 6, "tokens": 6 * 32, "short_samples": 0}
     assert metrics["val"]["samples"] == 3

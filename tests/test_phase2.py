@@ -11,14 +11,14 @@ import pytest
 import torch
 from grad_spy import spy_gradients
 from reference import phase2_reference, token_order
-from toy import from_lists
+from toy import from_lists, phase2_inputs
 
 import newllm.cvfp.phase2 as phase2_module
 from newllm.baselines.ngram import baselines
 from newllm.config import ModelConfig, Phase2Config, from_dict
 from newllm.cvfp.model import build_model
-from newllm.cvfp.phase2 import Phase2Trainer, next_token_targets, prepare_head
-from newllm.data.tokens import save_token_set
+from newllm.cvfp.phase2 import Phase2Trainer, prepare_head
+from newllm.data.tokens import next_token_targets, save_token_set
 from newllm.errors import CheckpointError, NumericalError
 from newllm.runtime import Runtime
 
@@ -63,7 +63,7 @@ def run_both(mode, cfg, dtype, head="token", embeddings_frozen=False):
 def test_fused_linear_cross_entropy_equals_f_cross_entropy(dtype, cd, tol):
     from torch.nn import functional as Fn
 
-    from newllm.cvfp.phase2 import LinearCrossEntropy
+    from newllm.lm_loss import LinearCrossEntropy
     g = torch.Generator().manual_seed(0)
     h0, w0, b0 = (torch.randn(*s, generator=g, dtype=dtype) for s in ((7, 5), (11, 5), (11,)))
     y = torch.randint(0, 11, (7,), generator=g)
@@ -85,7 +85,7 @@ def test_ce_rows_in_blocks_equals_cross_entropy_and_argmax(monkeypatch, block_by
     ties count as hits only at the first maximal index (argmax's rule)."""
     from torch.nn import functional as Fn
 
-    import newllm.cvfp.phase2 as p2
+    import newllm.lm_loss as p2
     monkeypatch.setattr(p2, "CE_BLOCK_BYTES", block_bytes)
     g = torch.Generator().manual_seed(1)
     z0 = torch.randn(10, 11, generator=g, dtype=torch.float64).to(dtype)
@@ -94,7 +94,7 @@ def test_ce_rows_in_blocks_equals_cross_entropy_and_argmax(monkeypatch, block_by
     y[0], y[1] = 7, int(z0[1].argmax())
     ref = z0.double()
     z = z0.clone()
-    loss, hits = p2._ce_rows(z, y, grad=True)
+    loss, hits = p2.ce_rows(z, y, grad=True)
     want = Fn.cross_entropy(ref, y, reduction="sum")
     grad = torch.softmax(ref, 1) - Fn.one_hot(y, 11).double()
     tol = 1e-12 if dtype == torch.float64 else 1e-2
@@ -336,7 +336,7 @@ def stage_inputs(tmp_path, monkeypatch, passed=True):
     save_token_set(toy_tokens(0, (12, 9, 16, 5, 12), vocab=64), paths.TOKENS_TRAIN)
     save_token_set(toy_tokens(1, (10, 7, 11), vocab=64), paths.TOKENS_VAL)
     phase1.run(from_dict(PARAMS, phase1.SECTIONS))
-    paths.GATE.write_text(json.dumps({"passed": passed, "phase1_model": "x"}))
+    phase2_inputs(passed)
 
 
 def test_stage_writes_outputs_and_resumes_identically(tmp_path, monkeypatch, caplog):
@@ -355,7 +355,13 @@ def test_stage_writes_outputs_and_resumes_identically(tmp_path, monkeypatch, cap
     assert set(m["baseline"]) >= {"unigram_ppl", "bigram_ppl", "majority_acc", "unigram_loss", "bigram_loss"}
     assert json.loads(paths.PHASE2_METRICS.read_text()) == m
     rows = list(csv.DictReader(paths.PHASE2_HISTORY.open()))
-    assert list(rows[0]) == phase2.CSV_COLUMNS and [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert list(rows[0]) == [*phase2.CSV_COLUMNS, "kn_trigram_ppl"] and [r["epoch"] for r in rows] == ["1", "2", "3"]
+    # the headline figures are the kept (best) epoch's, the last epoch's stand beside them
+    kept = rows[m["best_epoch"] - 1]
+    assert m["val"]["loss"] == pytest.approx(float(kept["val_loss"]), abs=1e-6)
+    assert m["val"]["acc"] == pytest.approx(float(kept["val_acc"]), abs=1e-6)
+    assert m["last"]["epoch"] == 3 and m["last"]["val"]["loss"] == pytest.approx(float(rows[-1]["val_loss"]), abs=1e-6)
+    assert m["beats_kn_trigram"] == (m["val"]["loss"] < m["baseline"]["kn_trigram_loss"])
     latest = torch.load(paths.PHASE2_LATEST, weights_only=True)
     assert set(latest) == {"model_state_dict", "config", "epoch", "phase2_history"}
     assert latest["epoch"] == 3 and len(latest["phase2_history"]["val_loss"]) == 3

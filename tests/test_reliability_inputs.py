@@ -202,12 +202,12 @@ def test_damaged_parquet_is_a_clear_error(tmp_path):
 
 def test_report_skips_a_section_whose_checkpoint_is_damaged(prepared_run, tmp_path):
     d = copy_run(prepared_run, tmp_path / "run")
-    assert (d / "models/model_latest.pt").exists()
-    truncate("models/model_latest.pt")(d)
+    assert (d / "models/phase2_best.pt").exists()
+    truncate("models/phase2_best.pt")(d)
     r = run_stage(d, "report")
     assert r.returncode == 0, repr(r)
     assert "Traceback" not in r.stderr
-    assert "models/model_latest.pt is corrupt or truncated" in r.stderr  # the skipped section says why
+    assert "models/phase2_best.pt is corrupt or truncated" in r.stderr  # the skipped section says why
     assert (d / "reports/report.html").stat().st_size > 0
 
 

@@ -209,7 +209,7 @@ def test_good_run_key_figures(tmp_path):
     assert order == sorted(order)
     # the generation section without a checkpoint says so
     gen = text_of(html[html.index('id="generation"'):html.index('id="timings"')])
-    assert "not available" in gen and "model_latest.pt" in gen
+    assert "not available" in gen and "phase2_best.pt" in gen
 
 
 def test_failed_run_shows_red_banner_and_fail_cells(tmp_path):
@@ -281,7 +281,7 @@ def _fake_generation(monkeypatch, root: Path, continuation: str):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     (root / paths.TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
     tok.save(str(root / paths.TOKENIZER_DIR / "tokenizer.json"))
-    (root / paths.PHASE2_LATEST).write_bytes(b"fake checkpoint")
+    (root / paths.PHASE2_BEST).write_bytes(b"fake checkpoint")
     calls = []
     mod = types.ModuleType("newllm.generate")
 
@@ -354,7 +354,7 @@ def test_generation_with_a_real_tiny_checkpoint(tmp_path):
     conf = {"seed": 0, "model": dataclasses.asdict(mc), "phase2": {"predict_from": "token"}}
     (tmp_path / "models").mkdir()
     torch.save({"model_state_dict": model.state_dict(), "config": conf, "epoch": 1},
-               tmp_path / paths.PHASE2_LATEST)
+               tmp_path / paths.PHASE2_BEST)
     c = cfg(prompts=["hello how are you ?", "the capital"], max_new_tokens=4)
     html = build_report(tmp_path, c, seed=0)
     assert html == build_report(tmp_path, c, seed=0)  # greedy and seeded: reproducible

@@ -5,7 +5,6 @@ simulated with monkeypatch (hardware, not product behaviour, is faked).
 """
 from __future__ import annotations
 
-import json
 import math
 import runpy
 import sys
@@ -15,7 +14,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
-from toy import from_lists
+from toy import from_lists, phase2_inputs
 
 from newllm.config import Phase1Config, RuntimeConfig
 from newllm.cvfp.model import build_model
@@ -162,15 +161,14 @@ def test_phase1_stage_oom_message(target, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("target", ["newllm.cvfp.phase2.Phase2Trainer.run_epoch",   # in the training loop
-                                    "newllm.stages.phase2_lm.baselines"])        # before it
+                                    "newllm.stages.phase2_lm.read_baselines"])  # before it
 def test_phase2_stage_oom_message(target, tmp_path, monkeypatch, capsys):
-    from newllm import paths
     from newllm.config import from_dict
     from newllm.stages import phase1_fixed_point as phase1
     monkeypatch.chdir(tmp_path)
     _inputs(tmp_path)
     phase1.run(from_dict(TOY, phase1.SECTIONS))
-    paths.GATE.write_text(json.dumps({"passed": True, "phase1_model": "x"}))
+    phase2_inputs()
     monkeypatch.setattr(target, _oom)
     code, err = _run_stage_script("phase2_lm", monkeypatch, capsys)
     assert code == 2, err
@@ -182,7 +180,6 @@ def test_phase2_stage_oom_message(target, tmp_path, monkeypatch, capsys):
 
 
 def test_stages_record_precision_device_and_peak_memory(tmp_path, monkeypatch):
-    from newllm import paths
     from newllm.config import from_dict
     from newllm.stages import phase1_fixed_point as phase1
     from newllm.stages import phase2_lm as phase2
@@ -190,7 +187,7 @@ def test_stages_record_precision_device_and_peak_memory(tmp_path, monkeypatch):
     _inputs(tmp_path)
     cfg = {**TOY, "runtime": {"device": "auto", "precision": "fp16", "threads": 1}}
     m1 = phase1.run(from_dict(cfg, phase1.SECTIONS))
-    paths.GATE.write_text(json.dumps({"passed": True, "phase1_model": "x"}))
+    phase2_inputs()
     m2 = phase2.run(from_dict(cfg, phase2.SECTIONS))
     for m in (m1, m2):
         assert m["device"] == "cpu" and m["precision"] == "fp16" and m["peak_rss_mb"] > 10

@@ -100,15 +100,6 @@ def string_list(v: Any) -> str | None:
     return None
 
 
-def int_list(lo: int = 1) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if not isinstance(v, list) or not v or not all(_is_int(s) and s >= lo for s in v):
-            return f"a non-empty list of integers >= {lo}"
-        return None
-
-    return check
-
-
 def F(default: Any, check: Callable[[Any], str | None], doc: str = "") -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"check": check, "doc": doc})
@@ -163,9 +154,7 @@ class ModelConfig:
     pretrained_embeddings: bool = F(False, boolean, "frozen GPT-2 wte (needs embed_dim 768)")
     pretrained_name: str = F("gpt2", string(False), "Hub id or local directory of the GPT-2 model")
     vocab_size: int = F(50257, integer(2, 10_000_000), "GPT-2 vocabulary")
-
-    def validate(self) -> None:
-        pass
+    tie_embeddings: bool = F(False, boolean, "Phase 2's head weight is the embedding matrix (logits from x')")
 
 
 @dataclass(frozen=True)
@@ -211,9 +200,6 @@ class ValidateConfig:
     cosine_pairs: int = F(20000, integer(1), "sampled pairs for the mean pairwise cosine")
     enforce: bool = F(False, boolean, "a failed verdict stops the pipeline")
 
-    def validate(self) -> None:
-        pass
-
 
 @dataclass(frozen=True)
 class Phase2Config:
@@ -225,9 +211,28 @@ class Phase2Config:
     freeze_context: bool = F(False, boolean, "true: only the head trains")
     predict_from: str = F("token", choice("token", "context"), "logits from x' (original) or from c")
     checkpoint_every: int = F(1, integer(1), "rolling resume checkpoint every N epochs")
+    early_stop_patience: int = F(0, integer(0), "stop after N epochs without a better validation loss; 0 = never")
+    freeze_embeddings: bool = F(False, boolean, "the embedding E and LN_e stay as Phase 1 left them")
+    context_noise_std: float = F(0.0, number(0, 100), "sigma of noise on the carried context in training")
+    weight_decay: float = F(0.0, number(0, 10), "AdamW decoupled weight decay of the matrices; 0 = Adam")
+    dropout: float = F(0.0, number(0, 1, hi_open=True), "dropout on the head's input in training")
 
-    def validate(self) -> None:
-        pass
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    num_layers: int = F(0, integer(0, 256), "blocks; 0 = CVFP's layer parameters in whole blocks (at least 1)")
+    num_heads: int = F(0, integer(0, 1024), "attention heads; 0 = width 64 per head where the width allows")
+    ff_mult: int = F(4, integer(1, 64), "feed-forward width / model width")
+    dropout: float = F(0.0, number(0, 1, hi_open=True), "dropout in the blocks and on the embeddings")
+    tie_embeddings: bool = F(False, boolean, "head weight = embedding matrix")
+    epochs: int = F(10, integer(1, 100_000), "epochs (as phase2.epochs)")
+    learning_rate: float = F(0.002, number(0, 10, lo_open=True), "Adam lr (as phase2.learning_rate)")
+    batch_tokens: int = F(4096, integer(0), "tokens per optimizer step (whole sequences; 0 = all)")
+    chunk_tokens: int = F(2048, integer(1), "targets per head/CE chunk (bounds memory)")
+    gradient_clip: float = F(1.0, number(0, lo_open=True), "gradient-norm clip")
+    weight_decay: float = F(0.0, number(0, 10), "AdamW decoupled weight decay; 0 = Adam")
+    early_stop_patience: int = F(0, integer(0), "stop after N epochs without improvement; 0 = never")
+    checkpoint_every: int = F(1, integer(1), "rolling resume checkpoint every N epochs")
 
 
 @dataclass(frozen=True)
@@ -235,9 +240,6 @@ class RuntimeConfig:
     device: str = F("auto", choice("auto", "cpu", "cuda"), "auto picks CUDA when available")
     precision: str = F("fp32", choice("fp32", "bf16", "fp16"), "autocast dtype (fp16 uses a GradScaler)")
     threads: int = F(0, integer(0, 1024), "torch CPU threads; 0 = all cores")
-
-    def validate(self) -> None:
-        pass
 
 
 # Directories `dvc repro` deletes before it re-runs the stage that writes them (dvc.yaml
@@ -279,16 +281,10 @@ class ReportConfig:
     temperature: float = F(0.0, number(0), "0 = greedy")
     top_k: int = F(0, integer(0), "0 = no top-k filter")
 
-    def validate(self) -> None:
-        pass
-
 
 @dataclass(frozen=True)
 class DistConfig:
     nproc: int = F(1, integer(1, 1024), "processes launched by torchrun for phase1/phase2")
-
-    def validate(self) -> None:
-        pass
 
 
 SECTIONS: dict[str, type] = {
@@ -301,6 +297,7 @@ SECTIONS: dict[str, type] = {
     "resume": ResumeConfig,
     "report": ReportConfig,
     "dist": DistConfig,
+    "transformer": TransformerConfig,
 }
 
 
@@ -316,6 +313,7 @@ class Config:
     resume: ResumeConfig = field(default_factory=ResumeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
     def section_dict(self, name: str) -> dict:
         return dataclasses.asdict(getattr(self, name))
@@ -345,7 +343,8 @@ def _build_section(name: str, raw: Any) -> Any:
             raise ConfigError(f"{name}.{key}", v, problem)
         values[key] = v
     obj = cls(**values)
-    obj.validate()
+    if hasattr(obj, "validate"):  # checks that span several keys of the section
+        obj.validate()
     return obj
 
 
@@ -358,7 +357,9 @@ STAGE_SECTIONS: dict[str, list[str]] = {
     "tokenize_cache": ["data"],
     "phase1_fixed_point": ["model", "phase1", "runtime", "resume", "dist"],
     "validate_rank": ["validate", "runtime"],
-    "phase2_lm": ["phase2", "runtime", "resume", "dist"],
+    "phase2_lm": ["model", "phase2", "runtime", "resume", "dist"],
+    "baselines": ["phase1"],
+    "transformer_lm": ["model", "phase1", "transformer", "runtime", "resume"],
     "report": ["report"],
 }
 
@@ -390,6 +391,16 @@ def from_dict(raw: Any, sections: list[str] | None = None) -> Config:
 
 
 def _cross_checks(cfg: Config, wanted: list[str]) -> None:
+    if "phase2" in wanted and "model" in wanted and cfg.model.tie_embeddings:
+        if cfg.phase2.freeze_embeddings:
+            raise ConfigError("phase2.freeze_embeddings", True, "false when model.tie_embeddings is true "
+                                                                "(a frozen, tied embedding would freeze the head)")
+        if cfg.phase2.freeze_context:
+            raise ConfigError("phase2.freeze_context", True, "false when model.tie_embeddings is true (the "
+                                                             "head would train the embedding under fixed features)")
+        if cfg.phase2.predict_from != "token":
+            raise ConfigError("phase2.predict_from", cfg.phase2.predict_from,
+                              "'token' when model.tie_embeddings is true (the head reads the token stream)")
     if "model" in wanted and cfg.model.pretrained_embeddings and cfg.model.embed_dim != 768:
         raise ConfigError("model.embed_dim", cfg.model.embed_dim,
                           "768 when model.pretrained_embeddings is true (GPT-2 wte is 768-wide)")
@@ -437,11 +448,15 @@ def load(path: str | Path = "params.yaml", sections: list[str] | None = None) ->
 
 
 def describe() -> str:
-    """Markdown table of every key (used to keep the README honest)."""
-    rows = ["| key | default | meaning |", "|---|---|---|"]
-    rows.append("| `seed` | `0` | seed of every random draw |")
+    """The Markdown table of every key, its default and meaning: README's "Parameters" table is
+    this output (`python -m newllm.config`), and a test keeps the two equal."""
+    rows = ["| key | default | meaning |", "|---|---|---|", "| `seed` | `0` | seed of every random draw |"]
     for name, cls in SECTIONS.items():
         for f in fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append(f"| `{name}.{f.name}` | `{default!r}` | {f.metadata.get('doc', '')} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(describe())

@@ -2,7 +2,6 @@
 from pathlib import Path
 
 RAW_TRAIN = Path("data/raw/train.jsonl")
-RAW_VAL = Path("data/raw/val.jsonl")
 FETCH_METRICS = Path("metrics/fetch.json")
 TOKENS_TRAIN = Path("data/tokens/train.pt")
 TOKENS_VAL = Path("data/tokens/val.pt")
@@ -21,12 +20,18 @@ SPECTRUM = Path("metrics/spectrum.csv")
 CONVERGENCE = Path("metrics/convergence.csv")
 GATE = Path("data/gate.json")
 
+BASELINES_METRICS = Path("metrics/baselines.json")
+TRANSFORMER_CKPT = Path("models/transformer.pt")
+TRANSFORMER_METRICS = Path("metrics/transformer.json")
+TRANSFORMER_HISTORY = Path("metrics/transformer_epochs.csv")
+
 PHASE2_BEST = Path("models/phase2_best.pt")
 PHASE2_LATEST = Path("models/model_latest.pt")
 PHASE2_METRICS = Path("metrics/phase2.json")
 PHASE2_HISTORY = Path("metrics/phase2_epochs.csv")
 
 REPORT = Path("reports/report.html")
+HEADLINE = Path("metrics.json")  # the one DVC metrics file: what `dvc metrics show/diff` and `dvc exp show` print
 
 
 def sidecar(ckpt: Path) -> Path:

@@ -95,6 +95,12 @@ class CVFPModel(nn.Module):
     def logits(self, c_out: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
         return self.head(x_out if self.head_from == "token" else c_out)
 
+    def tie_head(self) -> None:
+        """The head's weight becomes the embedding matrix (one parameter; the head keeps its bias)."""
+        if self.head_from != "token" or self.head.weight.shape != self.embed.weight.shape:
+            raise ValueError("a tied head reads the token stream (predict_from: token)")
+        self.head.weight = self.embed.weight
+
     # -- parameter groups -----------------------------------------------------------------
     def layer_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.layers.parameters() if p.requires_grad]

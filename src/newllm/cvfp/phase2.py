@@ -42,10 +42,8 @@ Semantics
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -57,131 +55,26 @@ from torch.nn.utils import clip_grad_norm_
 from newllm.config import Phase2Config
 from newllm.cvfp.engine import Schedule, batch_ranges, chunks, scan
 from newllm.cvfp.model import CVFPModel
-from newllm.cvfp.phase1 import embed_all
+from newllm.cvfp.phase1 import PassNoise, embed_all, pass_noise
+from newllm.data.tokens import next_token_targets
 from newllm.dist import SINGLE, Dist
 from newllm.errors import NumericalError
+from newllm.lm_loss import (
+    HALF,
+    HeadWorkspace,
+    LinearCrossEntropy,
+    ce_rows,
+    head_logits,
+    make_optimizer,
+    ppl,
+)
 from newllm.runtime import Progress, Runtime
 
 log = logging.getLogger(__name__)
 
 SCAN_RANGE = 8192          # tokens per no-grad scan call for validation / frozen features
 HEAD_SEED_OFFSET = 1_000_000_007  # the fresh context head: Generator seeded with seed + this
-
-
-def next_token_targets(tokens: torch.Tensor, offsets: torch.Tensor, stream: str) -> torch.Tensor:
-    """(N,) target id of every flat token (``tok_{t+1}`` in its stream), -1 where none."""
-    tokens = tokens.long()
-    offsets = offsets.long()
-    n = tokens.numel()
-    tgt = torch.full((n,), -1, dtype=torch.long)
-    if n > 1:
-        tgt[:-1] = tokens[1:]
-    if stream == "sample":
-        nonempty = offsets[1:] > offsets[:-1]
-        tgt[(offsets[1:] - 1)[nonempty]] = -1
-    elif stream != "corpus":
-        raise ValueError(f"unknown stream mode {stream!r}")
-    return tgt
-
-
-HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
-CE_BLOCK_BYTES = 3 << 20  # CPU: fp32 softmax workspace per row block (stays in L2/L3 across its passes)
-CE_ROWS_CUDA = 256        # GPU: rows per block (bounds the fp32 temporaries)
-
-
-def ce_block_rows(z: torch.Tensor) -> int:
-    """Rows of logits taken at a time by the softmax. On CPU a block small enough for the
-    cache: every pass (upcast, max, exp, sum, divide, downcast) then runs from cache, which
-    measured 2.8x faster than 256-row blocks for bf16 (2048 x 50,257 logits: 0.076 vs 0.213 s)."""
-    if z.device.type != "cpu":
-        return CE_ROWS_CUDA
-    return max(1, CE_BLOCK_BYTES // (4 * max(z.shape[1], 1)))
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """``sum_i CE(h_i W^T + b, y_i)`` holding one ``(n, V)`` buffer instead of four.
-
-    The forward computes the logits (matmul in ``compute_dtype``), the summed loss (softmax
-    in fp32, or in the parameters' dtype when that is wider, a few rows at a time, see
-    ``ce_block_rows``) and, in the same buffer and in place, its gradient with respect to
-    the logits (``softmax - onehot``); the backward only multiplies that buffer into the
-    input/weight/bias gradients (the bias gradient, a column sum, as a matmul with ones).
-    Mathematically ``F.cross_entropy(head(h), y, reduction="sum")``; it exists because the
-    chunk x vocabulary logits, their log-softmax and their gradients dominate Phase 2's
-    memory.
-    """
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, target, compute_dtype, weight_cast=None, ws=None):
-        with torch.autocast(h.device.type, enabled=False):
-            cd = compute_dtype or weight.dtype
-            hc = h.to(cd)
-            wc = weight_cast if weight_cast is not None else weight.to(cd)  # the batch's cast, if given
-            if ws is not None and ws.busy:  # a second forward before the backward: no sharing
-                ws = None
-            z = head_logits(hc, wc, ws)                # (n, V) logits without the bias
-            loss, _ = _ce_rows(z, target, grad=True, bias=bias)  # z is now d loss / d logits
-            if ws is not None:
-                ws.busy = True
-        ctx.save_for_backward(hc, wc, z)
-        ctx.dtypes = (h.dtype, weight.dtype, bias.dtype)
-        ctx.ws = ws
-        return loss.to(weight.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        hc, wc, g = ctx.saved_tensors
-        h_dt, w_dt, b_dt = ctx.dtypes
-        ws = ctx.ws
-        gh = gw = gb = None
-        with torch.autocast(g.device.type, enabled=False):
-            if ctx.needs_input_grad[0]:
-                gh = (g @ wc).to(h_dt).mul_(grad_loss.to(h_dt))
-            if ctx.needs_input_grad[1]:
-                if ws is None:
-                    gw = (g.t() @ hc).to(w_dt).mul_(grad_loss.to(w_dt))
-                else:
-                    gw_c = torch.mm(g.t(), hc, out=ws.get("grad_weight", (g.shape[1], hc.shape[1]), g.dtype, g.device))
-                    gw = ws.held("grad_weight_out", gw_c.shape, w_dt, g.device)
-                    gw.copy_(gw_c).mul_(grad_loss.to(w_dt))
-            if ctx.needs_input_grad[2]:  # column sum as a matmul: 12x faster than a dim-0 sum
-                ones = torch.ones(1, g.shape[0], dtype=g.dtype, device=g.device)
-                gb = (ones @ g).squeeze(0).to(b_dt).mul_(grad_loss.to(b_dt))
-        if ws is not None:
-            ws.busy = False
-        return gh, gw, gb, None, None, None, None
-
-
-class HeadWorkspace:
-    """Buffers the head reuses from chunk to chunk (logits, the weight-gradient product, the
-    weight cast). A fresh 200 MB buffer per chunk costs its page faults every time (glibc
-    serves it by mmap): measured on 2048 x 768 x 50,257 bf16, the logits matmul takes 176 ms
-    into a reused buffer and 260 ms into a fresh one."""
-
-    def __init__(self):
-        self._bufs: dict[str, torch.Tensor] = {}
-        self._held: dict[str, torch.Tensor] = {}
-        self.busy = False  # the logits buffer holds a chunk whose backward has not run yet
-
-    def get(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        n = math.prod(shape)
-        t = self._bufs.get(name)
-        if t is None or t.dtype != dtype or t.device != device or t.numel() < n:
-            t = self._bufs[name] = torch.empty(n, dtype=dtype, device=device)
-        return t[:n].view(shape)
-
-    def held(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """A buffer returned as a gradient. The workspace keeps a reference to the very tensor,
-        so autograd's AccumulateGrad never adopts it as ``.grad`` (it copies it when ``.grad``
-        is None and adds it in place otherwise); the next chunk may then overwrite it."""
-        t = self.get(name, shape, dtype, device)
-        self._held[name] = t
-        return t
-
-    def clear(self) -> None:
-        self._bufs.clear()
-        self._held.clear()
-        self.busy = False
+NOISE_SEED_OFFSET = 2_000_000_011  # phase2.context_noise_std: Phase 1's noise blocks, seed + this, pass = epoch
 
 
 class GatherRows(torch.autograd.Function):
@@ -203,54 +96,6 @@ class GatherRows(torch.autograd.Function):
         return gw, None, None
 
 
-def head_logits(h: torch.Tensor, w: torch.Tensor, ws: HeadWorkspace | None = None) -> torch.Tensor:
-    """``h @ w.T`` (no bias: ``_ce_rows`` adds it block by block, in fp32), into the
-    workspace's logits buffer when one is given."""
-    if ws is None:
-        return h @ w.t()
-    return torch.mm(h, w.t(), out=ws.get("logits", (h.shape[0], w.shape[0]), h.dtype, h.device))
-
-
-def _ce_rows(z: torch.Tensor, target: torch.Tensor, grad: bool = False,
-             bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed CE of logits ``z + bias`` (n, V) and the number of rows whose first maximal logit
-    is the target (top-1 hits), a block of ``ce_block_rows`` rows at a time in fp32 (or
-    ``z``'s dtype when wider). Overwrites ``z``: with ``grad`` it becomes ``softmax(z + bias)
-    - onehot(target)`` in ``z``'s own dtype."""
-    acc = torch.float32 if z.dtype in (torch.bfloat16, torch.float16) else z.dtype
-    bias = None if bias is None else bias.detach().to(acc)
-    loss = torch.zeros((), dtype=acc, device=z.device)
-    hits = torch.zeros((), dtype=torch.long, device=z.device)
-    step = ce_block_rows(z)
-    # one upcast buffer for all blocks (z's own memory when z is already fp32/fp64)
-    blk = None if acc == z.dtype else torch.empty(min(step, z.shape[0]), z.shape[1], dtype=acc, device=z.device)
-    for r0 in range(0, z.shape[0], step):
-        r1 = min(r0 + step, z.shape[0])
-        zs = z[r0:r1]
-        zb = zs if blk is None else blk[:r1 - r0].copy_(zs)
-        if bias is not None:
-            zb.add_(bias)
-        rows = torch.arange(r1 - r0, device=z.device)
-        t = target[r0:r1]
-        picked = zb[rows, t]
-        m, top = zb.max(1, keepdim=True)  # first maximal index, as argmax
-        hits += (top.squeeze(1) == t).sum()
-        zb.sub_(m).exp_()
-        tot = zb.sum(1, keepdim=True)
-        loss += ((m + tot.log()).squeeze(1) - picked).sum()
-        if grad:
-            zb.div_(tot)
-            zb[rows, t] -= 1
-            if blk is not None:
-                zs.copy_(zb)
-    return loss, hits
-
-
-def ppl(loss: float) -> float:
-    """Perplexity, capped so a diverged loss stays a finite JSON number."""
-    return math.exp(min(loss, 700.0))
-
-
 def prepare_head(model: CVFPModel, predict_from: str, seed: int) -> CVFPModel:
     """``predict_from: context`` gets a fresh head of width ``d_c`` (init N(0, 0.02^2), zero
     bias, from ``torch.Generator`` seeded with ``seed + HEAD_SEED_OFFSET``); ``token`` keeps
@@ -268,38 +113,16 @@ def prepare_head(model: CVFPModel, predict_from: str, seed: int) -> CVFPModel:
 
 
 def trainable_parameters(model: CVFPModel, freeze_context: bool, embeddings_frozen: bool) -> list[nn.Parameter]:
-    """The parameters Phase 2 trains, in a fixed order (layers, embedding, head)."""
+    """The parameters Phase 2 trains, in a fixed order (layers, embedding, head); a head tied to
+    the embedding appears once."""
     params: list[nn.Parameter] = []
     if not freeze_context:
         params += model.layer_parameters()
         if not embeddings_frozen:
             params += [model.embed.weight, *model.ln_e.parameters()]
     params += list(model.head.parameters())
-    return params
-
-
-def limit_heap_retention(threshold: int = 1 << 20) -> bool:
-    """glibc only: serve every allocation of ``threshold`` bytes or more by mmap, so it goes back
-    to the OS when freed. By default glibc raises that threshold (up to 32 MB) as big blocks are
-    freed; Phase 2's chunk activations, whose sizes vary from batch to batch, then fragment the
-    heap. Measured over one 100k-token epoch (768/768/6, bf16, chunk 2048): peak RSS grew from
-    2.75 to 3.15 GB (3.35 GB for the whole stage); with a fixed 1 MB threshold it stays at
-    2.5 GB, for a few percent more time (page faults). Returns whether it was applied."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold)))  # -3 = M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
-        return False
-
-
-def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
-    """Adam; the fused kernel where this torch has it for the parameters' device (one pass
-    over the 91M parameters instead of several: ~10x faster on CPU), else the default."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError, TypeError):
-        return torch.optim.Adam(params, lr=lr)
+    seen: set[int] = set()
+    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
 
 @dataclass
@@ -325,22 +148,27 @@ class Phase2State:
     history: list = field(default_factory=list)
     best_epoch: int = 0
     best_val_loss: float = float("inf")
+    stopped_early: bool = False
 
 
 class _LMLoss(nn.Module):
     """The summed CE of a chunk as one module, so DDP can wrap every trained parameter."""
 
-    def __init__(self, model: CVFPModel):
+    def __init__(self, model: CVFPModel, dropout: float = 0.0):
         super().__init__()
         self.model = model
+        self.dropout = dropout
 
     def forward(self, h, c_in, x, targets, cd, w_cast=None, ws=None):
-        """``h`` given (frozen features): the head only; else ``F(c_in, x)`` first."""
+        """``h`` given (frozen features): the head only; else ``F(c_in, x)`` first. Dropout on
+        the head's input in training (``phase2.dropout``)."""
         m = self.model
         unused = None
         if h is None:
             c, x2 = m.step(c_in, x)
             h, unused = (x2, c) if m.head_from == "token" else (c, x2)
+        if self.dropout > 0 and self.training:
+            h = nn.functional.dropout(h, self.dropout)
         ce = LinearCrossEntropy.apply(h, m.head.weight, m.head.bias, targets, cd, w_cast, ws)
         return ce, unused
 
@@ -348,12 +176,14 @@ class _LMLoss(nn.Module):
 class Phase2Trainer:
     def __init__(self, model: CVFPModel, train_tokens: torch.Tensor, train_offsets: torch.Tensor,
                  val_tokens: torch.Tensor, val_offsets: torch.Tensor, cfg: Phase2Config, stream: str,
-                 rt: Runtime, embeddings_frozen: bool | None = None, dist: Dist = SINGLE):
+                 rt: Runtime, embeddings_frozen: bool | None = None, dist: Dist = SINGLE, seed: int = 0):
         self.model, self.cfg, self.rt, self.stream, self.dist = model, cfg, rt, stream, dist
         dev = rt.device
         if embeddings_frozen is None:
             embeddings_frozen = model.embeddings_source != "random"
+        embeddings_frozen = embeddings_frozen or cfg.freeze_embeddings
         self.embeddings_frozen = embeddings_frozen
+        self.seed = seed
         # the embedding changes during training only when it trains
         self.x_fixed = cfg.freeze_context or embeddings_frozen
         self.train = self._split(train_tokens, train_offsets, dev, shard=dist.active)
@@ -362,9 +192,9 @@ class Phase2Trainer:
         trained = {id(p) for p in self.params}
         for p in model.parameters():  # only what trains takes gradients (and DDP's all-reduce)
             p.requires_grad_(id(p) in trained)
-        self.loss_module = _LMLoss(model)
+        self.loss_module = _LMLoss(model, cfg.dropout)
         self.ddp = DDP(self.loss_module) if dist.active else None
-        self.opt = make_optimizer(self.params, cfg.learning_rate)
+        self.opt = make_optimizer(self.params, cfg.learning_rate, cfg.weight_decay)
         self.scaler = rt.grad_scaler()
         self.state = Phase2State()
         self.features: torch.Tensor | None = None   # freeze_context: head inputs of the targets
@@ -394,7 +224,7 @@ class Phase2Trainer:
         x = embed_all(self.model, tokens, dev) if self.x_fixed else None
         return {"tokens": tokens, "sched": sched, "tgt_list": tgt_list.to(dev), "has": has,
                 "tcount": tcount, "num_targets": int(global_tcount[-1]), "x": x, "cum": cum,
-                "global_tcount": global_tcount, "num_tokens": global_sched.num_tokens}
+                "global_tcount": global_tcount, "num_tokens": global_sched.num_tokens, "global_sched": global_sched}
 
     # -- pieces ---------------------------------------------------------------------------------
     def _x_of(self, split: dict):
@@ -434,11 +264,22 @@ class Phase2Trainer:
                                  "the Phase 1 checkpoint is numerically broken")
         return out
 
+    def _noise_rows(self, noise: PassNoise | None, p0: int, p1: int) -> torch.Tensor | None:
+        """This rank's rows of the context noise for global schedule range [p0, p1) (local order)."""
+        if noise is None:
+            return None
+        rows = noise.rows(p0, p1)
+        cum = self.train["cum"]
+        if cum is None:
+            return rows
+        mine = self.train["global_sched"].stream_of[p0:p1] % self.dist.world == self.dist.rank
+        return rows[mine.to(rows.device)]
+
     # -- state for resume -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         s = self.state
         return {"epochs_done": s.epochs_done, "steps": s.steps, "history": list(s.history),
-                "best_epoch": s.best_epoch, "best_val_loss": s.best_val_loss,
+                "best_epoch": s.best_epoch, "best_val_loss": s.best_val_loss, "stopped_early": s.stopped_early,
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None}
@@ -449,7 +290,7 @@ class Phase2Trainer:
         if self.scaler and d.get("scaler"):
             self.scaler.load_state_dict(d["scaler"])
         self.state = Phase2State(int(d["epochs_done"]), int(d["steps"]), list(d["history"]),
-                                 int(d["best_epoch"]), float(d["best_val_loss"]))
+                                 int(d["best_epoch"]), float(d["best_val_loss"]), bool(d["stopped_early"]))
         if self.x_fixed:  # the embedding is frozen, but recompute from the loaded weights anyway
             for split in (self.train, self.val):
                 split["x"] = embed_all(self.model, split["tokens"], self.rt.device)
@@ -457,16 +298,22 @@ class Phase2Trainer:
 
     @property
     def done(self) -> bool:
-        return self.state.epochs_done >= self.cfg.epochs
+        return self.state.stopped_early or self.state.epochs_done >= self.cfg.epochs
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self, on_epoch_end=None) -> Phase2State:
-        """Run the remaining epochs; ``on_epoch_end(trainer, record, improved)`` after each."""
+        """Run the remaining epochs; ``on_epoch_end(trainer, record, improved)`` after each. With
+        ``early_stop_patience`` N, stop once N epochs in a row did not lower the validation loss."""
+        st, patience = self.state, self.cfg.early_stop_patience
         while not self.done:
-            rec = self.run_epoch(self.state.epochs_done)
-            improved = rec.val_loss < self.state.best_val_loss
+            rec = self.run_epoch(st.epochs_done)
+            improved = rec.val_loss < st.best_val_loss
             if improved:
-                self.state.best_epoch, self.state.best_val_loss = rec.epoch, rec.val_loss
+                st.best_epoch, st.best_val_loss = rec.epoch, rec.val_loss
+            elif patience and st.epochs_done - st.best_epoch >= patience:
+                st.stopped_early = True
+                log.info("phase2: early stop after epoch %d (%d epochs without a better validation loss than "
+                         "epoch %d)", rec.epoch, patience, st.best_epoch)
             if on_epoch_end is not None:
                 on_epoch_end(self, rec, improved)
         return self.state
@@ -482,8 +329,13 @@ class Phase2Trainer:
         t0 = time.perf_counter()
         ce_sum, steps0 = 0.0, st.steps
         self.model.train()
+        self.loss_module.train()
+        noise = pass_noise(self.seed + NOISE_SEED_OFFSET, e, self.model.cfg.context_dim, cfg.context_noise_std,
+                           self.rt.device)
+        if cfg.dropout > 0:  # the masks of epoch e depend only on (seed, e): a resumed run draws the same
+            torch.manual_seed(self.seed * 1_000_003 + e)
         for p0, p1 in batch_ranges(n, cfg.batch_tokens):
-            ce_sum += self._train_batch(p0, p1, carry, e)
+            ce_sum += self._train_batch(p0, p1, carry, e, noise)
             prog.update(p1 - p0)
         self.opt.zero_grad(set_to_none=True)  # free the gradients for validation and the checkpoint
         ce_sum = self.dist.sum_floats(ce_sum)[0]
@@ -500,18 +352,20 @@ class Phase2Trainer:
                  rec.val_ppl, 100 * val_acc, rec.optimizer_steps, el, rec.tokens_per_s)
         return rec
 
-    def _train_batch(self, p0: int, p1: int, carry: torch.Tensor, e: int) -> float:
+    def _train_batch(self, p0: int, p1: int, carry: torch.Tensor, e: int, noise: PassNoise | None = None) -> float:
         """One optimizer step on the global schedule range [p0, p1) (every rank calls it; a rank
         computes the tokens of its own streams). Returns this rank's summed CE."""
         tr, model, dist = self.train, self.model, self.dist
         nt = int(tr["global_tcount"][p1]) - int(tr["global_tcount"][p0])  # targets of the whole batch
+        noise_rows = self._noise_rows(noise, p0, p1) if self.features is None else None
         if tr["cum"] is not None:
             p0, p1 = int(tr["cum"][p0]), int(tr["cum"][p1])
         t0, t1 = int(tr["tcount"][p0]), int(tr["tcount"][p1])
         if self.features is None:
             # no-grad scan: each token's input context (and the carry for the next batch)
             with self.rt.autocast():  # outer context: the weights' casts are cached for the whole scan
-                out = scan(model.step, tr["sched"], p0, p1, carry, self._x_of(tr), autocast=self.rt.autocast())
+                out = scan(model.step, tr["sched"], p0, p1, carry, self._x_of(tr), noise_rows,
+                           autocast=self.rt.autocast())
             sel = torch.nonzero(tr["has"][p0:p1]).squeeze(1).to(self.rt.device)
             c_in = out.c_in[sel]
             flat = tr["sched"].order[p0:p1].to(self.rt.device)[sel]
@@ -583,7 +437,7 @@ class Phase2Trainer:
                 tg = va["tgt_list"][t0 + a:t0 + b]
                 h = feats[a:b] if cd is None else feats[a:b].to(cd)
                 z = head_logits(h, model.head.weight if w_cast is None else w_cast, self.ws)
-                ce, hits = _ce_rows(z, tg, bias=model.head.bias)
+                ce, hits = ce_rows(z, tg, bias=model.head.bias)
                 ce_sum += float(ce)
                 correct += int(hits)
                 del z

@@ -31,6 +31,24 @@ class TokenSet:
         return int(self.offsets.numel() - 1)
 
 
+def next_token_targets(tokens: torch.Tensor, offsets: torch.Tensor, stream: str) -> torch.Tensor:
+    """(N,) target id of every flat token (``tok_{t+1}`` in its stream), -1 where none: the
+    next-token pairs that Phase 2 trains on and every baseline is scored on. ``sample``: the
+    last token of every sample has no target; ``corpus``: only the corpus's last token."""
+    tokens = tokens.long()
+    offsets = offsets.long()
+    n = tokens.numel()
+    tgt = torch.full((n,), -1, dtype=torch.long)
+    if n > 1:
+        tgt[:-1] = tokens[1:]
+    if stream == "sample":
+        nonempty = offsets[1:] > offsets[:-1]
+        tgt[(offsets[1:] - 1)[nonempty]] = -1
+    elif stream != "corpus":
+        raise ValueError(f"unknown stream mode {stream!r}")
+    return tgt
+
+
 def save_token_set(ts: TokenSet, path: str | Path) -> None:
     atomic_torch_save({"tokens": ts.tokens.to(torch.int32), "offsets": ts.offsets.to(torch.int64),
                        "format": FORMAT}, path)

@@ -636,10 +636,10 @@ def phase2_body(inp: Inputs) -> str:
 
 
 def generation_body(root: Path, cfg: ReportConfig, seed: int) -> str:
-    ckpt = root / paths.PHASE2_LATEST
+    ckpt = root / paths.PHASE2_BEST
     tok_file = root / paths.TOKENIZER_DIR / "tokenizer.json"
     if not ckpt.exists():
-        return na(f"{paths.PHASE2_LATEST} is missing (stage phase2_lm has not run)")
+        return na(f"{paths.PHASE2_BEST} is missing (stage phase2_lm has not run)")
     if not tok_file.exists():
         return na(f"{paths.TOKENIZER_DIR / 'tokenizer.json'} is missing (stage tokenize_cache has not run)")
     if not cfg.prompts:
@@ -666,7 +666,7 @@ def generation_body(root: Path, cfg: ReportConfig, seed: int) -> str:
                     f'<span class="na"> [generation failed: {esc(type(e).__name__)}: {esc(e)}]</span>')
         items.append(f'<div class="gen">{body}</div>')
     return (f'<p class="note">{esc(cfg.max_new_tokens)} new tokens per prompt, {esc(mode)}, from '
-            f'{esc(paths.PHASE2_LATEST)}. <span class="prompt">Prompt</span> then '
+            f'{esc(paths.PHASE2_BEST)} (the kept checkpoint). <span class="prompt">Prompt</span> then '
             f'<span class="cont">continuation</span>; a line break is shown as <span class="ws">↵</span>.</p>'
             + "".join(items))
 

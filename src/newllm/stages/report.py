@@ -1,22 +1,71 @@
-"""Stage report: the self-contained HTML report of the run (see newllm.html.run_report)."""
+"""Stage report: the self-contained HTML report of the run (``newllm.html.run_report``) and the
+headline metrics file ``metrics.json``, the figures DVC's own views show."""
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
 
 from newllm import paths
 from newllm.config import STAGE_SECTIONS, Config
 from newllm.html.run_report import build_report
-from newllm.io import atomic_write_text
+from newllm.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 SECTIONS = STAGE_SECTIONS["report"]
 
+# The headline, in the order `dvc exp show` prints it: (key, metrics file, dotted key there, digits).
+# DVC prints one column per key four spaces apart, so the headline holds the nine figures that
+# decide a run and fits 120 columns; every other figure is in the detailed files.
+HEADLINE = [
+    ("passed", paths.VALIDATE_METRICS, "passed", None),
+    ("train_er", paths.VALIDATE_METRICS, "train.er_pct", 2),
+    ("val_er", paths.VALIDATE_METRICS, "val.er_pct", 2),
+    ("train_er0", paths.VALIDATE_METRICS, "train.er_pct_untrained", 2),
+    ("final_diff", paths.VALIDATE_METRICS, "final_diff", None),
+    ("val_ppl", paths.PHASE2_METRICS, "val.ppl", 1),
+    ("kn3_ppl", paths.BASELINES_METRICS, "kn_trigram.ppl", 1),
+    ("tf_ppl", paths.TRANSFORMER_METRICS, "val.ppl", 1),
+]
+TIMED = (paths.FETCH_METRICS, paths.DATA_METRICS, paths.BASELINES_METRICS, paths.PHASE1_METRICS,
+         paths.VALIDATE_METRICS, paths.PHASE2_METRICS, paths.TRANSFORMER_METRICS)
+
+
+def _get(obj: dict, dotted: str):
+    for part in dotted.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj
+
+
+def headline(root: Path) -> dict:
+    """metrics.json: the headline figures of whatever stages have run (a missing one is left out)
+    and ``minutes``, the summed wall time of the stages before the report."""
+    files: dict = {}
+    for f in {f for _, f, _, _ in HEADLINE} | set(TIMED):
+        try:
+            files[f] = json.loads((root / f).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            files[f] = {}
+    out: dict = {}
+    for key, f, dotted, digits in HEADLINE:
+        v = _get(files[f], dotted)
+        if isinstance(v, bool) or v is None:
+            if v is not None:
+                out[key] = v
+        elif isinstance(v, (int, float)) and math.isfinite(v):
+            out[key] = round(float(v), digits) if digits is not None else v
+    seconds = [_get(files[f], "time_s") for f in TIMED]
+    out["minutes"] = round(sum(s for s in seconds if isinstance(s, (int, float))) / 60, 1)
+    return out
+
 
 def run(cfg: Config, root: Path | str = ".") -> Path:
-    """Write ``reports/report.html`` (atomically) under ``root`` and print its absolute path."""
+    """Write ``reports/report.html`` and ``metrics.json`` (atomically) under ``root``; print the
+    report's absolute path."""
     root = Path(root)
     text = build_report(root, cfg.report, cfg.seed)
+    atomic_write_json(root / paths.HEADLINE, headline(root), sort_keys=False)
     out = root / paths.REPORT
     atomic_write_text(out, text)
     out = out.resolve()

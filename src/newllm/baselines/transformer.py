@@ -1,0 +1,255 @@
+"""The same-size causal transformer baseline: what a researcher would train instead of CVFP.
+
+A GPT-style decoder built from PyTorch's own blocks (``nn.TransformerEncoderLayer`` with a
+causal mask; attention is ``scaled_dot_product_attention`` inside it): token and learned
+position embeddings of width ``model.embed_dim``, pre-LayerNorm blocks, a final LayerNorm and
+a head with bias, like CVFP's. It trains on the same tokens with the settings of the
+``transformer`` params section (by default Phase 2's epochs, optimizer, batch, clip, early
+stopping) and is scored on exactly Phase 2's validation pairs:
+
+- ``stream: sample``: every sample is a sequence; position ``t`` predicts ``t + 1``;
+- ``stream: corpus``: the one stream is cut into windows of ``T + 1`` tokens that overlap by
+  one, so every pair ``(t, t + 1)`` of the stream is scored exactly once (the first pair of
+  a window sees no earlier context, unlike CVFP's carried context).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import clip_grad_norm_
+
+from newllm.config import TransformerConfig
+from newllm.errors import NumericalError
+from newllm.lm_loss import HALF, LinearCrossEntropy, ce_rows, make_optimizer, ppl
+from newllm.runtime import Progress, Runtime
+
+log = logging.getLogger(__name__)
+
+
+def cvfp_layer_parameters(embed_dim: int, context_dim: int, num_layers: int) -> int:
+    """Parameters of CVFP's layers (linear + two LayerNorms each), the budget to match."""
+    h = embed_dim + context_dim
+    return num_layers * (h * h + h + 2 * context_dim + 2 * embed_dim)
+
+
+def block_parameters(d: int, ff_mult: int) -> int:
+    """Parameters of one pre-LN transformer block of width ``d``."""
+    return 4 * d * d + 4 * d + 2 * d * ff_mult * d + ff_mult * d + d + 4 * d
+
+
+def resolve_shape(cfg: TransformerConfig, embed_dim: int, context_dim: int, cvfp_layers: int) -> tuple[int, int]:
+    """(layers, heads): ``num_layers`` 0 matches CVFP's layer budget in whole blocks (at least
+    one); ``num_heads`` 0 takes heads of width 64 where ``d`` allows, else the largest divisor
+    of ``d`` not above ``d / 64`` (at least 1)."""
+    layers = cfg.num_layers or max(1, round(cvfp_layer_parameters(embed_dim, context_dim, cvfp_layers)
+                                            / block_parameters(embed_dim, cfg.ff_mult)))
+    heads = cfg.num_heads or max([h for h in range(1, max(1, embed_dim // 64) + 1) if embed_dim % h == 0])
+    return layers, heads
+
+
+class TransformerLM(nn.Module):
+    def __init__(self, vocab: int, d: int, layers: int, heads: int, ff_mult: int, max_len: int,
+                 dropout: float, tie: bool, seed: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(max_len, d)
+        block = nn.TransformerEncoderLayer(d, heads, ff_mult * d, dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+        self.drop = nn.Dropout(dropout)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # GPT-2's initialisation: N(0, 0.02^2) weights, zero biases
+            for name, p in self.named_parameters():
+                if p.dim() >= 2:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+                elif "norm" not in name and not name.startswith("ln_f"):
+                    p.zero_()
+        if tie:
+            self.head.weight = self.embed.weight
+
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        """(S, T) token ids -> (S, T, d) final hidden states (causal: position t sees 0..t)."""
+        t = idx.shape[1]
+        x = self.drop(self.embed(idx) + self.pos(torch.arange(t, device=idx.device)))
+        mask = nn.Transformer.generate_square_subsequent_mask(t, device=idx.device)
+        return self.ln_f(self.blocks(x, mask=mask, is_causal=True))
+
+
+def sequences(tokens: torch.Tensor, offsets: torch.Tensor, stream: str, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets), both (S, length), -1 where there is no target (padding, a stream's
+    last token). ``sample``: one row per sample (at most ``length`` tokens); ``corpus``:
+    windows of ``length + 1`` tokens overlapping by one."""
+    tokens, offsets = tokens.long().cpu(), offsets.long().cpu()
+    if stream == "sample":
+        spans = [(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:]) if b > a]
+        rows = [tokens[a:b] for a, b in spans]
+    elif stream == "corpus":
+        n = tokens.numel()
+        rows = [tokens[k:min(k + length + 1, n)] for k in range(0, max(n - 1, 1), length)]
+    else:
+        raise ValueError(f"unknown stream mode {stream!r}")
+    if any(r.numel() > length + 1 or (stream == "sample" and r.numel() > length) for r in rows):
+        raise ValueError(f"a sequence is longer than the transformer's context of {length} tokens")
+    inputs = torch.zeros(len(rows), length, dtype=torch.long)
+    targets = torch.full((len(rows), length), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        k = min(r.numel(), length)
+        inputs[i, :k] = r[:k]
+        targets[i, :r.numel() - 1] = r[1:]
+    return inputs, targets
+
+
+@dataclass
+class TransformerState:
+    epochs_done: int = 0
+    steps: int = 0
+    history: list = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = float("inf")
+    best_state: dict | None = None
+    stopped_early: bool = False
+
+
+class TransformerTrainer:
+    def __init__(self, model: TransformerLM, train: tuple, val: tuple, cfg: TransformerConfig, rt: Runtime,
+                 seed: int):
+        self.model, self.cfg, self.rt, self.seed = model.to(rt.device), cfg, rt, seed
+        self.train_x, self.train_y = (t.to(rt.device) for t in train)
+        self.val_x, self.val_y = (t.to(rt.device) for t in val)
+        self.num_train_targets = int((self.train_y >= 0).sum())
+        self.num_val_targets = int((self.val_y >= 0).sum())
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = make_optimizer(self.params, cfg.learning_rate, cfg.weight_decay)
+        self.scaler = rt.grad_scaler()
+        self.state = TransformerState()
+
+    def state_dict(self) -> dict:
+        s = self.state
+        return {"epochs_done": s.epochs_done, "steps": s.steps, "history": list(s.history),
+                "best_epoch": s.best_epoch, "best_val_loss": s.best_val_loss, "best_state": s.best_state,
+                "stopped_early": s.stopped_early,
+                "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.model.load_state_dict(d["model"])
+        self.opt.load_state_dict(d["optimizer"])
+        if self.scaler and d.get("scaler"):
+            self.scaler.load_state_dict(d["scaler"])
+        self.state = TransformerState(int(d["epochs_done"]), int(d["steps"]), list(d["history"]),
+                                      int(d["best_epoch"]), float(d["best_val_loss"]), d["best_state"],
+                                      bool(d["stopped_early"]))
+
+    @property
+    def done(self) -> bool:
+        return self.state.stopped_early or self.state.epochs_done >= self.cfg.epochs
+
+    def run(self, on_epoch_end=None) -> TransformerState:
+        while not self.done:
+            self.run_epoch(self.state.epochs_done)
+            if on_epoch_end is not None:
+                on_epoch_end(self)
+        return self.state
+
+    def _loss_backward(self, x: torch.Tensor, y: torch.Tensor, n_targets: int) -> float:
+        """Forward of a batch, then the head and CE ``chunk_tokens`` targets at a time on detached
+        features (one backward through the blocks at the end). Returns the summed CE."""
+        cd = HALF.get(self.rt.precision)
+        with self.rt.autocast():
+            h = self.model.features(x)
+        rows = torch.nonzero((y >= 0).flatten()).squeeze(1)
+        flat = h.reshape(-1, h.shape[-1])
+        h_det = flat.detach().requires_grad_()
+        head = self.model.head
+        total = 0.0
+        for a in range(0, rows.numel(), self.cfg.chunk_tokens):
+            r = rows[a:a + self.cfg.chunk_tokens]
+            ce = LinearCrossEntropy.apply(h_det[r], head.weight, head.bias, y.flatten()[r], cd)
+            loss = ce / n_targets
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += float(ce.detach())
+        flat.backward(h_det.grad)
+        return total
+
+    def run_epoch(self, e: int) -> dict:
+        cfg, st = self.cfg, self.state
+        per_batch = max(1, cfg.batch_tokens // self.train_x.shape[1]) if cfg.batch_tokens else self.train_x.shape[0]
+        order = torch.randperm(self.train_x.shape[0], generator=torch.Generator().manual_seed(self.seed * 7919 + e))
+        prog = Progress(f"transformer epoch {e + 1}/{cfg.epochs}", self.num_train_targets)
+        t0, ce_sum, steps0 = time.perf_counter(), 0.0, st.steps
+        self.model.train()
+        for a in range(0, order.numel(), per_batch):
+            idx = order[a:a + per_batch].to(self.rt.device)
+            x, y = self.train_x[idx], self.train_y[idx]
+            n_t = int((y >= 0).sum())
+            if n_t == 0:
+                continue
+            self.opt.zero_grad(set_to_none=True)
+            ce = self._loss_backward(x, y, n_t)
+            if not math.isfinite(ce):
+                raise NumericalError(f"transformer epoch {e + 1}: non-finite training loss")
+            self._step(e)
+            ce_sum += ce
+            prog.update(n_t)
+        train_loss = ce_sum / max(self.num_train_targets, 1)
+        val_loss, val_acc = self.evaluate()
+        rec = {"epoch": e + 1, "train_loss": train_loss, "train_ppl": ppl(train_loss), "val_loss": val_loss,
+               "val_ppl": ppl(val_loss), "val_acc": val_acc, "optimizer_steps": st.steps - steps0,
+               "time_s": round(time.perf_counter() - t0, 3)}
+        st.history.append(rec)
+        st.epochs_done = e + 1
+        if val_loss < st.best_val_loss:
+            st.best_epoch, st.best_val_loss = e + 1, val_loss
+            st.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        elif cfg.early_stop_patience and st.epochs_done - st.best_epoch >= cfg.early_stop_patience:
+            st.stopped_early = True
+        log.info("transformer epoch %d/%d: train loss %.4f  val loss %.4f (ppl %.1f, acc %.2f%%)  %.1fs%s", e + 1,
+                 cfg.epochs, train_loss, val_loss, rec["val_ppl"], 100 * val_acc, rec["time_s"],
+                 "  (early stop)" if st.stopped_early else "")
+        return rec
+
+    def _step(self, e: int) -> None:
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        norm = clip_grad_norm_(self.params, self.cfg.gradient_clip)
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            if not bool(torch.isfinite(norm)):
+                raise NumericalError(f"transformer epoch {e + 1}: non-finite gradient norm ({float(norm)})")
+            self.opt.step()
+        self.state.steps += 1
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Validation loss and top-1 accuracy over every validation pair."""
+        self.model.eval()
+        cd = HALF.get(self.rt.precision)
+        w, b = self.model.head.weight, self.model.head.bias
+        per_batch = max(1, 8192 // self.val_x.shape[1])
+        ce_sum, hits = 0.0, 0
+        for a in range(0, self.val_x.shape[0], per_batch):
+            x, y = self.val_x[a:a + per_batch], self.val_y[a:a + per_batch]
+            with self.rt.autocast():
+                h = self.model.features(x)
+            keep = (y >= 0).flatten()
+            h, t = h.reshape(-1, h.shape[-1])[keep], y.flatten()[keep]
+            for c in range(0, t.numel(), self.cfg.chunk_tokens):
+                hc = h[c:c + self.cfg.chunk_tokens]
+                z = (hc.to(cd) @ w.to(cd).t()) if cd is not None else hc.float() @ w.t()
+                ce, hit = ce_rows(z, t[c:c + self.cfg.chunk_tokens], bias=b)
+                ce_sum, hits = ce_sum + float(ce), hits + int(hit)
+        self.model.train()
+        n = max(self.num_val_targets, 1)
+        if not math.isfinite(ce_sum):
+            raise NumericalError("transformer: non-finite validation loss")
+        return ce_sum / n, hits / n

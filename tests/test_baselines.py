@@ -1,0 +1,172 @@
+"""The baselines: Kneser-Ney against hand-computed values and a plain re-implementation, every
+distribution sums to one, every baseline scores exactly Phase 2's pairs, and the transformer
+is causal, learns, and resumes exactly."""
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+import pytest
+import torch
+from toy import from_lists, random_tokens
+
+from newllm.baselines import ngram
+from newllm.baselines.transformer import (
+    TransformerLM,
+    TransformerTrainer,
+    block_parameters,
+    cvfp_layer_parameters,
+    resolve_shape,
+    sequences,
+)
+from newllm.config import TransformerConfig
+from newllm.data.tokens import next_token_targets
+from newllm.runtime import Runtime
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = Runtime(torch.device("cpu"), "fp32")
+
+
+def test_kneser_ney_by_hand():
+    """Training stream 0 1 0 1 2 (V = 4, start symbol 4). Bigram: c(0 1) = 2, c(1 0) = c(1 2) = 1,
+    so D2 = n1/(n1 + 2 n2) = 2/4; the continuation unigram has three types seen once (D1 = 1), so it
+    is the uniform 1/4. Trigram: every trigram is seen once (D3 = 1); the middle order counts
+    N1+(. 0 1) = 2, N1+(. 1 0) = N1+(. 1 2) = 1 (D = 1/2)."""
+    V, B = 4, 4
+    train = ngram.triples(torch.tensor([0, 1, 0, 1, 2]), torch.tensor([0, 5]), "sample", V)
+    assert train.tolist() == [[B, 0, 1], [0, 1, 0], [1, 0, 1], [0, 1, 2]]
+    kn2, kn3 = ngram.KneserNey(train, V, 2), ngram.KneserNey(train, V, 3)
+    assert kn2.d_top == 0.5 and kn2.d1 == 1.0 and kn3.d_top == 1.0 and kn3.d2 == 0.5
+    q = torch.tensor([[B, 0, 1], [0, 1, 2], [B, 3, 1], [2, 3, 0]])
+    # p(1|0) = (2 - .5)/2 + .5 * 1/2 * 1/4; p(2|1) = (1 - .5)/2 + .5 * 2/2 * 1/4; unseen history: 1/4
+    assert kn2.prob(q).tolist() == pytest.approx([0.8125, 0.375, 0.25, 0.25], abs=1e-12)
+    # p(1|<s> 0) = 0 + 1 * 1/1 * p2(1|0) = 0.8125; p(2|0 1) = (1 - 1)/2 + 1 * 2/2 * p2(2|1) = 0.375
+    assert kn3.prob(q).tolist() == pytest.approx([0.8125, 0.375, 0.25, 0.25], abs=1e-12)
+    # smoothed unigram: targets 1 1 0 2 -> D = 1/2, 3 types: p(1) = 1.5/4 + .5 * 3/4 * 1/4
+    uni = ngram.smoothed_unigram(train[:, 2], torch.tensor([1, 3]), V)
+    assert uni.tolist() == pytest.approx([0.375 + 0.09375, 0.09375], abs=1e-12)
+
+
+def _plain_kn(train: list[tuple[int, int, int]], V: int, order: int):
+    """Interpolated Kneser-Ney written out with dicts and loops, for comparison."""
+    def disc(counts):
+        n1 = sum(1 for c in counts.values() if c == 1)
+        n2 = sum(1 for c in counts.values() if c == 2)
+        return n1 / (n1 + 2 * n2) if n1 + 2 * n2 else 0.5
+
+    big = Counter((v, w) for _, v, w in train)
+    left = Counter(w for (v, w) in big)  # distinct v before w
+    d1, types1, total1 = disc(left), len(left), len(big)
+
+    def p1(w):
+        return max(left[w] - d1, 0) / total1 + d1 * types1 / total1 / V
+
+    def level(counts, lower):
+        d = disc(counts)
+        ctx, types = defaultdict(float), defaultdict(int)
+        for (h, w), c in counts.items():
+            ctx[h] += c
+            types[h] += 1
+        return lambda h, w: (max(counts.get((h, w), 0) - d, 0) / ctx[h] + d * types[h] / ctx[h] * lower(h, w)
+                             if ctx[h] else lower(h, w))
+
+    if order == 2:
+        top = level(dict(big), lambda h, w: p1(w))
+        return lambda u, v, w: top(v, w)
+    cont2 = Counter((v, w) for (u, v, w) in set(train))
+    mid = level(dict(cont2), lambda h, w: p1(w))
+    top = level(dict(Counter(((u, v), w) for u, v, w in train)), lambda h, w: mid(h[1], w))
+    return lambda u, v, w: top((u, v), w)
+
+
+@pytest.mark.parametrize("stream", ["sample", "corpus"])
+def test_kneser_ney_equals_a_plain_implementation_and_normalises(stream):
+    V = 9
+    tr = random_tokens(0, (30, 12, 25, 1, 40), vocab=V)
+    va = random_tokens(1, (15, 9, 20), vocab=V)
+    train = ngram.triples(tr.tokens, tr.offsets, stream, V)
+    val = ngram.triples(va.tokens, va.offsets, stream, V)
+    rows = [tuple(r) for r in train.tolist()]
+    for order in (2, 3):
+        kn = ngram.KneserNey(train, V, order)
+        plain = _plain_kn(rows, V, order)
+        assert kn.prob(val).tolist() == pytest.approx([plain(*r) for r in val.tolist()], rel=1e-12)
+        for u, v in [(V, 0), (3, 4), (8, 8), (V, 7)]:  # seen and unseen histories
+            q = torch.tensor([[u, v, w] for w in range(V)])
+            assert float(kn.prob(q).sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float(ngram.smoothed_unigram(train[:, 2], torch.arange(V), V).sum()) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("stream", ["sample", "corpus"])
+def test_every_baseline_scores_exactly_phase2s_pairs(stream):
+    ts = random_tokens(2, (7, 3, 9, 1, 5, 6), vocab=20)
+    tgt = next_token_targets(ts.tokens, ts.offsets, stream)
+    want = sorted((int(a), int(b)) for a, b in zip(ts.tokens[tgt >= 0], tgt[tgt >= 0]))
+    tri = ngram.triples(ts.tokens, ts.offsets, stream, 20)
+    assert sorted(map(tuple, tri[:, 1:].tolist())) == want
+    x, y = sequences(ts.tokens, ts.offsets, stream, 9)
+    keep = y >= 0
+    assert sorted(zip(x[keep].tolist(), y[keep].tolist())) == want
+    e = ngram.evaluate(ts.tokens, ts.offsets, ts.tokens, ts.offsets, stream, 20)
+    assert e["val_pairs"] == len(want)
+
+
+def test_transformer_is_causal_and_sized_by_the_cvfp_budget():
+    model = TransformerLM(30, 16, 2, 2, 4, 12, 0.0, False, seed=0).eval()
+    a = torch.randint(0, 30, (2, 12), generator=torch.Generator().manual_seed(0))
+    b = a.clone()
+    b[:, 7:] = (b[:, 7:] + 1) % 30  # change the future
+    with torch.no_grad():
+        fa, fb = model.features(a), model.features(b)
+    assert torch.allclose(fa[:, :7], fb[:, :7], atol=1e-6) and not torch.allclose(fa[:, 7:], fb[:, 7:])
+    # 768-wide: one block (7.09 M) is the nearest whole number to 1 CVFP layer (2.36 M); 6 layers -> 2 blocks
+    assert cvfp_layer_parameters(768, 768, 6) == 6 * 2_363_904 and block_parameters(768, 4) == 7_087_872
+    assert resolve_shape(TransformerConfig(), 768, 768, 6) == (2, 12)
+    assert resolve_shape(TransformerConfig(), 768, 768, 1) == (1, 12)
+    assert resolve_shape(TransformerConfig(), 16, 16, 2) == (1, 1)
+    tied = TransformerLM(30, 16, 1, 2, 4, 12, 0.0, True, seed=0)
+    assert tied.head.weight is tied.embed.weight
+
+
+def _trainer(epochs: int, **cfg) -> TransformerTrainer:
+    tr, va = random_tokens(3, (12,) * 8, vocab=25), random_tokens(4, (12,) * 3, vocab=25)
+    c = TransformerConfig(epochs=epochs, batch_tokens=36, chunk_tokens=7, learning_rate=0.01, **cfg)
+    model = TransformerLM(25, 16, 1, 2, 4, 12, c.dropout, c.tie_embeddings, seed=1)
+    return TransformerTrainer(model, sequences(tr.tokens, tr.offsets, "sample", 12),
+                              sequences(va.tokens, va.offsets, "sample", 12), c, CPU, seed=5)
+
+
+def test_transformer_learns_and_resumes_exactly():
+    full = _trainer(4)
+    full.run()
+    losses = [r["train_loss"] for r in full.state.history]
+    assert losses[-1] < losses[0] - 0.1  # it learns the training tokens
+    assert full.state.best_epoch >= 1 and full.state.best_state is not None
+    half = _trainer(4)
+    half.run_epoch(0)
+    half.run_epoch(1)
+    saved = half.state_dict()
+    resumed = _trainer(4)
+    resumed.load_state_dict(saved)
+    resumed.run()
+    for a, b in zip(full.state.history, resumed.state.history):
+        assert {k: v for k, v in a.items() if k != "time_s"} == {k: v for k, v in b.items() if k != "time_s"}
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_transformer_early_stopping_keeps_the_best_epoch():
+    tr = _trainer(30, early_stop_patience=2)
+    tr.run()
+    st = tr.state
+    assert st.stopped_early and st.epochs_done == st.best_epoch + 2 < 30
+    vals = [r["val_loss"] for r in st.history]
+    assert min(vals) == vals[st.best_epoch - 1] == st.best_val_loss
+    assert math.isfinite(st.best_val_loss)
+
+
+def test_sequences_cover_a_corpus_stream_with_overlapping_windows():
+    ts = from_lists([[1, 2, 3], [4, 5], [6, 7, 8, 9]])
+    x, y = sequences(ts.tokens, ts.offsets, "corpus", 4)
+    assert x.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert y.tolist() == [[2, 3, 4, 5], [6, 7, 8, 9]]
