@@ -97,6 +97,19 @@ def make_dvc_repo(path: Path, params_update: dict | None = None) -> DvcRepo:
     return repo
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run only where torch sees a CUDA device (scripts/test.sh runs them there)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine "
+                                   "(run `bash scripts/test.sh` on a GPU machine; scripts/gpu_check.sh for the big runs)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models: two xdist workers x two threads would only oversubscribe the cores."""

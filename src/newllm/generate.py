@@ -1,4 +1,4 @@
-"""Text generation from a Phase 2 checkpoint (``models/model_latest.pt`` shape).
+"""Text generation from a Phase 2 checkpoint (``models/phase2_best.pt``, the kept one, by default).
 
 The prompt's tokens are fed one by one from ``c = 0``, carrying the context exactly as
 in training; then each new token is the greedy argmax (``temperature == 0``) or a sample
@@ -7,7 +7,7 @@ logits) drawn with a ``torch.Generator`` seeded by ``seed``, and is fed back in.
 
 CLI::
 
-    python -m newllm.generate --checkpoint models/model_latest.pt --tokenizer data/tokenizer \\
+    python -m newllm.generate --checkpoint models/phase2_best.pt --tokenizer data/tokenizer \\
         --prompt "Hello, how are you?" [--max-new-tokens 30 --temperature 0.8 --top-k 40 --seed 0]
 """
 from __future__ import annotations
@@ -20,10 +20,9 @@ import torch
 
 from newllm.config import from_dict
 from newllm.cvfp.model import CVFPModel, load_model_state
+from newllm.data.tokenize import END_OF_TEXT, load_tokenizer
 from newllm.errors import CheckpointError, ConfigError, DataError, NewLLMError
 from newllm.io import torch_load
-
-END_OF_TEXT = "<|endoftext|>"
 
 
 def load_for_generation(checkpoint_path, device="cpu") -> CVFPModel:
@@ -97,25 +96,10 @@ def generate(model: CVFPModel, tokenizer, prompt: str, max_new_tokens: int, temp
     return tokenizer.decode(out)
 
 
-def load_tokenizer(path):
-    """``newllm.data.tokenize.load_tokenizer`` (a directory holding tokenizer.json, or the file)."""
-    try:
-        from newllm.data.tokenize import load_tokenizer as _load
-    except ImportError:
-        _load = None
-    if _load is not None:
-        return _load(path)
-    from tokenizers import Tokenizer
-    p = Path(path)
-    p = p / "tokenizer.json" if p.is_dir() else p
-    if not p.is_file():
-        raise DataError(f"tokenizer file {p} is missing: run `dvc repro tokenize_cache`")
-    return Tokenizer.from_file(str(p))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m newllm.generate", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default="models/model_latest.pt")
+    parser.add_argument("--checkpoint", default="models/phase2_best.pt", help="a phase2_lm checkpoint (default: "
+                        "the kept one, models/phase2_best.pt; models/model_latest.pt is the last epoch)")
     parser.add_argument("--tokenizer", default="data/tokenizer", help="directory with tokenizer.json, or the file")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max-new-tokens", type=int, default=30)
@@ -123,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k filter")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--continuation-only", action="store_true",
+                        help="print only the generated text (default: the prompt and the continuation, labelled)")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 0 or args.temperature < 0 or args.top_k < 0:
         parser.error("--max-new-tokens, --temperature and --top-k must be >= 0")
@@ -131,7 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         model = load_for_generation(args.checkpoint, args.device)
         tok = load_tokenizer(args.tokenizer)
-        print(generate(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
+        text = generate(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
+        if args.continuation_only:
+            print(text)
+        else:  # repr: line breaks and leading spaces stay visible, the two parts never run together
+            print(f"prompt:       {args.prompt!r}\ncontinuation: {text!r}")
     except NewLLMError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -26,7 +26,15 @@ from torch.nn.utils import clip_grad_norm_
 
 from newllm.config import TransformerConfig
 from newllm.errors import NumericalError
-from newllm.lm_loss import HALF, LinearCrossEntropy, ce_rows, make_optimizer, ppl
+from newllm.lm_loss import (
+    HALF,
+    HeadWorkspace,
+    LinearCrossEntropy,
+    ce_rows,
+    head_logits,
+    make_optimizer,
+    ppl,
+)
 from newllm.runtime import Progress, Runtime
 
 log = logging.getLogger(__name__)
@@ -130,6 +138,15 @@ class TransformerTrainer:
         self.opt = make_optimizer(self.params, cfg.learning_rate, cfg.weight_decay)
         self.scaler = rt.grad_scaler()
         self.state = TransformerState()
+        self.ws = HeadWorkspace()  # the head's logits and casts, reused from chunk to chunk
+
+    def _weight_cast(self) -> torch.Tensor | None:
+        """The head weight in the compute dtype, once per batch (None in fp32)."""
+        cd = HALF.get(self.rt.precision)
+        if cd is None:
+            return None
+        w = self.model.head.weight.detach()
+        return self.ws.get("weight_cast", tuple(w.shape), cd, w.device).copy_(w)
 
     def state_dict(self) -> dict:
         s = self.state
@@ -170,9 +187,10 @@ class TransformerTrainer:
         h_det = flat.detach().requires_grad_()
         head = self.model.head
         total = 0.0
+        w_cast = self._weight_cast()
         for a in range(0, rows.numel(), self.cfg.chunk_tokens):
             r = rows[a:a + self.cfg.chunk_tokens]
-            ce = LinearCrossEntropy.apply(h_det[r], head.weight, head.bias, y.flatten()[r], cd)
+            ce = LinearCrossEntropy.apply(h_det[r], head.weight, head.bias, y.flatten()[r], cd, w_cast, self.ws)
             loss = ce / n_targets
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += float(ce.detach())
@@ -192,13 +210,14 @@ class TransformerTrainer:
             n_t = int((y >= 0).sum())
             if n_t == 0:
                 continue
-            self.opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=False)  # AccumulateGrad then adds the workspace's buffers in place
             ce = self._loss_backward(x, y, n_t)
             if not math.isfinite(ce):
                 raise NumericalError(f"transformer epoch {e + 1}: non-finite training loss")
             self._step(e)
             ce_sum += ce
             prog.update(n_t)
+        self.opt.zero_grad(set_to_none=True)
         train_loss = ce_sum / max(self.num_train_targets, 1)
         val_loss, val_acc = self.evaluate()
         rec = {"epoch": e + 1, "train_loss": train_loss, "train_ppl": ppl(train_loss), "val_loss": val_loss,
@@ -233,8 +252,9 @@ class TransformerTrainer:
     def evaluate(self) -> tuple[float, float]:
         """Validation loss and top-1 accuracy over every validation pair."""
         self.model.eval()
-        cd = HALF.get(self.rt.precision)
-        w, b = self.model.head.weight, self.model.head.bias
+        w_cast = self._weight_cast()
+        w = self.model.head.weight if w_cast is None else w_cast
+        b = self.model.head.bias
         per_batch = max(1, 8192 // self.val_x.shape[1])
         ce_sum, hits = 0.0, 0
         for a in range(0, self.val_x.shape[0], per_batch):
@@ -244,11 +264,11 @@ class TransformerTrainer:
             keep = (y >= 0).flatten()
             h, t = h.reshape(-1, h.shape[-1])[keep], y.flatten()[keep]
             for c in range(0, t.numel(), self.cfg.chunk_tokens):
-                hc = h[c:c + self.cfg.chunk_tokens]
-                z = (hc.to(cd) @ w.to(cd).t()) if cd is not None else hc.float() @ w.t()
+                z = head_logits(h[c:c + self.cfg.chunk_tokens].to(w.dtype), w, self.ws)
                 ce, hit = ce_rows(z, t[c:c + self.cfg.chunk_tokens], bias=b)
                 ce_sum, hits = ce_sum + float(ce), hits + int(hit)
         self.model.train()
+        self.ws.clear()  # the head buffers go back to the OS between epochs
         n = max(self.num_val_targets, 1)
         if not math.isfinite(ce_sum):
             raise NumericalError("transformer: non-finite validation loss")
