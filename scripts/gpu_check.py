@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu + --tiny: test this script itself
     ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--big-samples", type=int, default=781, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     import torch
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -110,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = [("small bf16", {"data": {"source": "chatterbot", "num_samples": 50}, "runtime": {"precision": "bf16"}}),
             ("small fp16", {"data": {"source": "chatterbot", "num_samples": 50}, "runtime": {"precision": "fp16"}})]
     if not args.quick:
-        runs += [("100k bf16", {"data": {**big, "num_samples": 781}, "runtime": {"precision": "bf16"}}),
-                 ("100k fp16", {"data": {**big, "num_samples": 781}, "runtime": {"precision": "fp16"}})]
+        runs += [("100k bf16", {"data": {**big, "num_samples": args.big_samples}, "runtime": {"precision": "bf16"}}),
+                 ("100k fp16", {"data": {**big, "num_samples": args.big_samples}, "runtime": {"precision": "fp16"}})]
     tmp = Path(tempfile.mkdtemp(prefix="newllm-gpu-check-"))
     repo, log, failures = tmp / "repo", tmp / "dvc.log", []
     repo.mkdir()
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(name)
         if not args.quick:
             # 100k bf16 with a learning rate not run yet (else DVC's run-cache would restore the stages)
-            set_params(repo, {"data": {**big, "num_samples": 781}, "runtime": {"precision": "bf16", "device": args.device},
+            set_params(repo, {"data": {**big, "num_samples": args.big_samples}, "runtime": {"precision": "bf16", "device": args.device},
                               "phase1": {"learning_rate": 0.0019}})
             for stage, marker in (("phase1", "resume/phase1.pt"), ("phase2", "resume/phase2.pt")):
                 killed = kill_during(repo, log, marker)

@@ -38,8 +38,12 @@ def _ctx_report(er_pct, cos, norm, attractor=False, near_zero=False, collapsed=F
             "global_attractor": attractor, "near_zero": near_zero, "collapsed": collapsed}
 
 
-def write_run(root: Path, *, good: bool = True, phase2: bool = True, extra_config: dict | None = None) -> None:
-    """A complete synthetic run: good=True passes the seed's criteria, False is a collapse."""
+def write_run(root: Path, *, good: bool = True, phase2: bool = True, extra_config: dict | None = None,
+              cvfp_ppl: float | None = None, cvfp_acc: float | None = None, kn3_ppl: float = 160.2,
+              tf_ppl: float = 175.3) -> None:
+    """A complete synthetic run: good=True passes the original guide's criteria, False is a collapse.
+    Phase 2's kept checkpoint has perplexity ``cvfp_ppl`` (default: 142.37 when good, 838.4 when
+    not), whatever Phase 1 did, so that the two verdicts can disagree."""
     _json(root, paths.DATA_METRICS, {
         "source": "chatterbot", "tokenizer": "gpt2-offline", "max_seq_length": 128, "vocab_size": VOCAB,
         "train": {"samples": 50, "tokens": 6400}, "val": {"samples": 10, "tokens": 1280,
@@ -47,12 +51,32 @@ def write_run(root: Path, *, good: bool = True, phase2: bool = True, extra_confi
     model = {"context_dim": D_C, "embed_dim": D_E, "num_layers": LAYERS, "layernorm_mix": 1.0,
              "layernorm_trainable": True, "pretrained_embeddings": False, "pretrained_name": "gpt2",
              "vocab_size": VOCAB}
-    p1cfg = {"stream": "sample", "max_iterations": 10, "learning_rate": 0.002, "dist_reg_weight": 0.5,
-             "context_noise_std": 0.01, "ema_momentum": 0.99, "convergence_threshold": 0.05,
-             "min_converged_ratio": 0.95, "batch_tokens": 1024, "chunk_tokens": 8192, "gradient_clip": 1.0,
-             "checkpoint_every": 1}
     runtime = {"device": "cpu", "precision": "fp32", "threads": 2}
-    conf = {"seed": 0, "model": model, "phase1": p1cfg, "runtime": runtime, **(extra_config or {})}
+    conf = {"seed": 0, "model": model, "phase1": P1CFG, "runtime": runtime, **(extra_config or {})}
+    _write_phase1(root, good, conf)
+    _write_baselines(root, kn3_ppl)
+    if not phase2:
+        return
+    if cvfp_ppl is None:
+        cvfp_ppl = 142.37 if good else 838.4
+    if cvfp_acc is None:
+        cvfp_acc = 0.1387 if good else 0.0931
+    _write_phase2(root, good, cvfp_ppl, cvfp_acc, kn3_ppl, {**conf, "phase2": P2CFG})
+    _write_transformer(root, tf_ppl)
+
+
+P1CFG = {"stream": "sample", "max_iterations": 10, "learning_rate": 0.002, "dist_reg_weight": 0.5,
+         "context_noise_std": 0.01, "ema_momentum": 0.99, "convergence_threshold": 0.05,
+         "min_converged_ratio": 0.95, "batch_tokens": 1024, "chunk_tokens": 8192, "gradient_clip": 1.0,
+         "checkpoint_every": 1}
+P2CFG = {"epochs": 10, "learning_rate": 0.002, "gradient_clip": 1.0, "batch_tokens": 4096, "chunk_tokens": 2048,
+         "freeze_context": False, "predict_from": "token", "checkpoint_every": 1}
+KEPT_EPOCH, LAST_EPOCH, MAJORITY = 9, 10, 0.1254
+KN2_PPL, UNI_PPL, ADD1_UNI_PPL, ADD1_BI_PPL = 180.5, 420.3, 612.0, 843.9
+
+
+def _write_phase1(root: Path, good: bool, conf: dict) -> None:
+    """metrics/phase1.json, its pass history, models/phase1.json and validate's outputs."""
     steps = 35 if good else 64000
     _json(root, paths.PHASE1_SIDECAR, {"config": conf, "embeddings": "random", "passes": 5, "pass_index": 4,
                                        "optimizer_steps": steps, "stopped_early": good,
@@ -105,35 +129,62 @@ def write_run(root: Path, *, good: bool = True, phase2: bool = True, extra_confi
     diffs = [0.31, 0.041, 0.0062, 0.0011, final_diff] if good else [3.2, 0.0, 0.0, 0.0, 0.0]
     _write(root, paths.CONVERGENCE, "pass,diff\n" + "".join(f"{j + 1},{d:.8g}\n" for j, d in enumerate(diffs)))
 
-    if not phase2:
-        return
-    uni_ppl, bi_ppl, maj = 151.2, 243.9, 0.1254
-    train_loss = 10.8 - 0.64 * 10 if good else 10.8 - 0.4 * 10
-    final = {"loss": 4.9585, "ppl": 142.37, "acc": 0.1387} if good else {"loss": 6.7312, "ppl": 838.4,
-                                                                         "acc": 0.0931}
+
+def _scores(ppl: float) -> dict:
+    return {"loss": math.log(ppl), "ppl": ppl}
+
+
+def _write_baselines(root: Path, kn3_ppl: float) -> None:
+    """metrics/baselines.json as the baselines stage writes it (newllm.baselines.ngram.evaluate)."""
+    _json(root, paths.BASELINES_METRICS, {
+        "add_one": {"unigram": _scores(ADD1_UNI_PPL), "bigram": _scores(ADD1_BI_PPL)},
+        "kn_bigram": {**_scores(KN2_PPL), "discount": 0.81}, "kn_trigram": {**_scores(kn3_ppl), "discount": 0.86},
+        "majority": {"acc": MAJORITY, "token": 198}, "unigram": _scores(UNI_PPL),
+        "peak_rss_mb": 702.3, "stream": "sample", "time_s": 3.21, "train_pairs": 6350, "val_pairs": 1270,
+        "vocab_size": VOCAB})
+
+
+def _write_phase2(root: Path, good: bool, ppl: float, acc: float, kn3_ppl: float, conf: dict) -> None:
+    """metrics/phase2.json (``val`` is the kept checkpoint), the epoch CSV and the kept sidecar."""
+    loss, last_loss = math.log(ppl), math.log(ppl) + 0.0123
+    train_loss = 10.8 - 0.64 * KEPT_EPOCH if good else 10.8 - 0.4 * KEPT_EPOCH
+    kept = {"loss": loss, "ppl": ppl, "acc": acc}
+    last = {"loss": last_loss, "ppl": math.exp(last_loss), "acc": acc - 0.001}
+    named = (("unigram", ADD1_UNI_PPL), ("bigram", ADD1_BI_PPL), ("smoothed_unigram", UNI_PPL),
+             ("kn_bigram", KN2_PPL), ("kn_trigram", kn3_ppl))
+    base = {f"{k}_{m}": v for k, p in named for m, v in _scores(p).items()}
     _json(root, paths.PHASE2_METRICS, {
-        "val": final, "train": {"loss": train_loss, "ppl": math.exp(train_loss)},
-        "baseline": {"unigram_ppl": uni_ppl, "bigram_ppl": bi_ppl, "majority_acc": maj,
-                     "unigram_loss": math.log(uni_ppl), "bigram_loss": math.log(bi_ppl)},
-        "best": {"epoch": 9, "val_loss": final["loss"] - 0.0012, "val_ppl": math.exp(final["loss"] - 0.0012)},
-        "beats_unigram": final["ppl"] < uni_ppl, "beats_bigram": final["ppl"] < bi_ppl,
+        "val": kept, "train": {"loss": train_loss, "ppl": math.exp(train_loss)},
+        "last": {"epoch": LAST_EPOCH, "val": last, "train": {"loss": train_loss - 0.05,
+                                                             "ppl": math.exp(train_loss - 0.05)}},
+        "best": {"epoch": KEPT_EPOCH, "val_loss": loss, "val_ppl": ppl},
+        "baseline": {**base, "majority_acc": MAJORITY, "majority_token": 198},
+        "beats_kn_trigram": ppl < kn3_ppl, "beats_majority": acc > MAJORITY,
         "freeze_context": False, "predict_from": "token", "embeddings_trained": True,
-        "phase1_passed_validation": good, "epochs": 10, "optimizer_steps": 20, "best_epoch": 9,
-        "time_s": 123.4, "tokens_per_s": 518.6, "peak_rss_mb": 2950.1, "embeddings": "random",
-        "precision": "fp32", "device": "cpu"})
-    _json(root, paths.sidecar(paths.PHASE2_LATEST), {"config": {
-        "seed": 0, "model": model, "runtime": runtime,
-        "phase2": {"epochs": 10, "learning_rate": 0.002, "gradient_clip": 1.0, "batch_tokens": 4096,
-                   "chunk_tokens": 2048, "freeze_context": False, "predict_from": "token",
-                   "checkpoint_every": 1}}})
-    ep = ["epoch,train_loss,train_ppl,val_loss,val_ppl,val_acc,optimizer_steps,time_s,tokens_per_s,"
-          "unigram_ppl,bigram_ppl"]
-    for e in range(1, 11):
+        "phase1_passed_validation": good, "epochs": LAST_EPOCH, "optimizer_steps": 20, "best_epoch": KEPT_EPOCH,
+        "stopped_early": False, "parameters": 2_468_817, "trained_parameters": 2_468_817, "val_targets": 1270,
+        "time_s": 123.4, "epoch_time_s": 120.1, "tokens_per_s": 518.6, "peak_rss_mb": 2950.1,
+        "embeddings": "random", "precision": "fp32", "device": "cpu"})
+    _json(root, paths.sidecar(paths.PHASE2_BEST), {"config": conf, "epoch": KEPT_EPOCH, "best_epoch": KEPT_EPOCH})
+    ep = ["epoch,train_loss,train_ppl,val_loss,val_ppl,val_acc,optimizer_steps,time_s,tokens_per_s,kn_trigram_ppl"]
+    for e in range(1, LAST_EPOCH + 1):
         tl = 10.8 - 0.64 * e if good else 10.8 - 0.4 * e
-        vl = max(final["loss"], 10.8 - 0.6 * e)
+        vl = {KEPT_EPOCH: loss, LAST_EPOCH: last_loss}.get(e, max(loss, 10.8 - 0.6 * e))
         ep.append(f"{e},{tl:.4f},{math.exp(tl):.2f},{vl:.4f},{math.exp(vl):.2f},"
-                  f"{min(final['acc'], 0.02 * e):.4f},{2 * e},{12.3:.2f},{520 - e},{uni_ppl},{bi_ppl}")
+                  f"{min(acc, 0.02 * e):.4f},{2 * e},{12.3:.2f},{520 - e},{kn3_ppl}")
     _write(root, paths.PHASE2_HISTORY, "\n".join(ep) + "\n")
+
+
+def _write_transformer(root: Path, ppl: float) -> None:
+    """metrics/transformer.json as the transformer_lm stage writes it."""
+    val = {**_scores(ppl), "acc": 0.1311}
+    _json(root, paths.TRANSFORMER_METRICS, {
+        "val": val, "train": {"loss": 4.71, "ppl": math.exp(4.71)}, "last": {"epoch": 10, "val": val},
+        "best_epoch": 10, "epochs": 10, "stopped_early": False, "optimizer_steps": 20, "parameters": 2_470_001,
+        "layers": 2, "heads": 4, "d_model": D_E, "context": 128, "ff_mult": 4, "block_parameters": 28_000,
+        "cvfp_layer_parameters": 27_800, "val_targets": 1270, "train_targets": 6350, "tokens": 6400,
+        "time_s": 98.7, "epoch_time_s": 95.0, "tokens_per_s": 673.7, "precision": "fp32", "device": "cpu",
+        "peak_rss_mb": 2811.4})
 
 
 def text_of(html: str) -> str:
@@ -170,6 +221,29 @@ def test_helpers():
     assert not has_remote_refs('<a href="#criteria">x</a><img src="data:image/png;base64,AAAA">')
 
 
+def section_of(html: str, anchor: str) -> str:
+    start = html.index(f'id="{anchor}"')
+    return html[start:html.index("</section>", start)]
+
+
+def row_of(html: str, label: str) -> str:
+    """The table row whose first cell is ``label`` (escaped as the report escapes it)."""
+    start = html.index(f"<tr><td>{label}")
+    return html[start:html.index("</tr>", start)]
+
+
+def banner_of(html: str) -> str:
+    start = html.index('class="banner ')
+    return html[start:html.index("</ul></div>", start) + len("</ul></div>")]
+
+
+def p2line_of(html: str) -> tuple[str, str]:
+    """(level, text) of the Phase 2 line."""
+    m = re.search(r'<div class="p2line (\w+)">([^<]*)</div>', html)
+    assert m, "no Phase 2 line"
+    return m.group(1), m.group(2)
+
+
 def test_good_run_key_figures(tmp_path):
     write_run(tmp_path, good=True)
     html = build_report(tmp_path, cfg(), seed=0)
@@ -180,25 +254,35 @@ def test_good_run_key_figures(tmp_path):
     assert f"{model_size({'context_dim': D_C, 'embed_dim': D_E, 'num_layers': LAYERS}) ['total']:,}" in txt
     assert "random" in txt and "cpu / fp32" in txt
     assert "dist_reg_weight" in txt and "predict_from" in txt  # both sidecars' params
+    assert "phase2_best.json" in txt and "model_latest.json" not in txt
+    assert "<tr><td>random seed</td><td>0</td></tr>" in html
     # verdict: green banner, no red
     assert 'class="banner ok"' in html and 'class="banner bad"' not in html
-    assert "PASSED" in txt
+    assert "Phase 1 PASSED" in text_of(banner_of(html))
     # criteria table
     for figure in ("88.12%", "79.46%", "0.000421", "90.10%", "91.88%", "94.06%", "82.30%", "&gt; 85%",
                    "&gt; 75%", "&lt; 0.001", "0.0731"):
         assert figure in txt, figure
-    crit = html[html.index('id="criteria"'):html.index('id="passes"')]
+    crit = section_of(html, "criteria")
     assert crit.count('<td class="pass">PASS</td>') == 3 and "FAIL" not in crit
-    # phase 2
-    p2 = text_of(html[html.index('id="phase2"'):html.index('id="generation"')])
-    for figure in ("4.958", "142.4", "151.2", "243.9", "13.87%", "12.54%", "5.019"):
-        assert figure in p2, figure
-    assert "The model beats the unigram baseline" in p2 and "beats the bigram baseline" in p2
-    assert "is above always predicting the most frequent token" in p2
-    # timings
-    tm = text_of(html[html.index('id="timings"'):])
-    for figure in ("41.37", "774.2", "1,834", "123.4", "518.6", "2,950", "6.52"):
+    # phase 2: one row per model, every baseline's figures, the kept and the last epoch
+    p2 = section_of(html, "phase2")
+    for label, figure in ((f"CVFP, kept checkpoint (epoch {KEPT_EPOCH})", "142.4"),
+                          (f"CVFP, last epoch (epoch {LAST_EPOCH})", fmt(142.37 * math.exp(0.0123))),
+                          ("transformer, same size (2 layers, 4 heads", "175.3"), ("Kneser–Ney trigram", "160.2"),
+                          ("Kneser–Ney bigram", fmt(KN2_PPL)), ("smoothed unigram", fmt(UNI_PPL)),
+                          ("majority token", "12.54%"), ("add-one unigram (old, weak)", fmt(ADD1_UNI_PPL)),
+                          ("add-one bigram (old, weak)", fmt(ADD1_BI_PPL))):
+        assert figure in text_of(row_of(p2, label)), label
+    assert "2,468,817" in row_of(p2, "CVFP, kept") and "123.4" in row_of(p2, "CVFP, kept")
+    assert "2,470,001" in row_of(p2, "transformer") and "98.7" in row_of(p2, "transformer")
+    assert "3.21" in row_of(p2, "Kneser–Ney trigram")
+    assert "13.87%" in row_of(p2, "CVFP, kept")
+    # timings, the baselines and transformer stages included
+    tm = text_of(section_of(html, "timings"))
+    for figure in ("41.37", "774.2", "1,834", "123.4", "518.6", "2,950", "6.52", "3.21", "98.7", "2,811"):
         assert figure in tm, figure
+    assert "baselines" in tm and "transformer_lm" in tm
     # plots: passes, spectrum, convergence, phase2; nothing remote
     assert html.count('src="data:image/png;base64,') == 4
     assert not has_remote_refs(html)
@@ -208,7 +292,7 @@ def test_good_run_key_figures(tmp_path):
                                                    "phase2", "generation", "timings")]
     assert order == sorted(order)
     # the generation section without a checkpoint says so
-    gen = text_of(html[html.index('id="generation"'):html.index('id="timings"')])
+    gen = text_of(section_of(html, "generation"))
     assert "not available" in gen and "phase2_best.pt" in gen
 
 
@@ -218,17 +302,135 @@ def test_failed_run_shows_red_banner_and_fail_cells(tmp_path):
     assert 'class="banner bad"' in html
     # the banner comes before any section
     assert html.index('class="banner bad"') < html.index("<section")
-    banner = text_of(html[html.index('class="banner bad"'):html.index("<nav")])
+    banner = text_of(banner_of(html))
     assert "FAILED" in banner and "COLLAPSED" in banner and "global attractor" in banner
-    assert "does NOT beat the unigram baseline" in banner
-    crit = html[html.index('id="criteria"'):html.index('id="passes"')]
+    assert "train ER" in banner and "validation ER" in banner
+    crit = section_of(html, "criteria")
     assert crit.count('<td class="fail">FAIL</td>') == 2  # train ER and val ER
     assert crit.count('<td class="pass">PASS</td>') == 1  # final_diff 0 (a collapsed fixed point)
     assert crit.count('<td class="fail">YES</td>') >= 4  # attractor + collapsed, train and val
     assert "0.83%" in text_of(crit) and "1,403" in text_of(crit)
-    p2 = text_of(html[html.index('id="phase2"'):html.index('id="generation"')])
-    assert "does NOT beat the unigram baseline" in p2 and "NOT above" in p2
-    assert "exactly 0" in text_of(html[html.index('id="convergence"'):html.index('id="phase2"')])
+    assert "exactly 0" in text_of(section_of(html, "convergence"))
+
+
+@pytest.mark.parametrize("cvfp, kn3, tf, strongest", [
+    (120.0, 160.2, 130.0, "the same-size transformer (perplexity 130)"),
+    (120.0, 125.0, 300.0, "Kneser–Ney trigram (perplexity 125)"),
+])
+def test_phase2_line_stands_apart_from_a_failed_phase1(tmp_path, cvfp, kn3, tf, strongest):
+    write_run(tmp_path, good=False, cvfp_ppl=cvfp, kn3_ppl=kn3, tf_ppl=tf)
+    html = build_report(tmp_path, cfg(), seed=0)
+    banner = banner_of(html)
+    assert 'class="banner bad"' in banner
+    for word in ("Phase 2", "perplexity", "baseline", "unigram", "bigram", "transformer", "beat"):
+        assert word not in banner, word
+    level, line = p2line_of(html)
+    assert level == "ok"
+    assert html.index(banner) + len(banner) <= html.index('class="p2line') < html.index("<nav")
+    by = 100 * (1 - cvfp / min(kn3, tf, KN2_PPL, UNI_PPL))
+    assert f"Phase 2 (kept checkpoint, epoch {KEPT_EPOCH}): validation perplexity 120" in line
+    assert f"better than the strongest baseline, {strongest}, by {by:.1f}%" in line, line
+
+
+def test_worse_cvfp_says_worse(tmp_path):
+    write_run(tmp_path, good=True, cvfp_ppl=838.4, cvfp_acc=0.0931)
+    html = build_report(tmp_path, cfg(), seed=0)
+    assert 'class="banner ok"' in html  # Phase 1 passed; Phase 2 does not change the banner's colour
+    level, line = p2line_of(html)
+    assert level == "warn" and "worse than the strongest baseline, Kneser–Ney trigram (perplexity 160.2)" in line
+    p2 = section_of(html, "phase2")
+    kn3_row = row_of(p2, "Kneser–Ney trigram")
+    assert f'<td class="warnc">CVFP worse (ppl +{100 * (838.4 / 160.2 - 1):.0f}%)</td>' in kn3_row
+    assert "CVFP worse" in row_of(p2, "transformer") and "CVFP worse" in row_of(p2, "smoothed unigram")
+    assert '<td class="pass">CVFP better' in row_of(p2, "add-one bigram")  # 838.4 < 843.9
+    assert "CVFP worse (accuracy" in row_of(p2, "majority token")  # 9.31% < 12.54%
+
+
+def test_better_cvfp_says_better_in_the_table(tmp_path):
+    write_run(tmp_path, good=True)
+    p2 = section_of(build_report(tmp_path, cfg(), seed=0), "phase2")
+    assert f'<td class="pass">CVFP better (ppl −{100 * (1 - 142.37 / 160.2):.0f}%)</td>' in row_of(p2, "Kneser–Ney tri")
+    assert "CVFP better (accuracy 13.87% vs 12.54%)" in row_of(p2, "majority token")
+    assert "CVFP better (ppl" in row_of(p2, f"CVFP, last epoch (epoch {LAST_EPOCH})")
+
+
+@pytest.mark.parametrize("ppl, acc, ppl_words, acc_words", [
+    (838.4, 0.2, "worse: higher than claimed 90–250", "better: above the claimed 10–15%"),
+    (60.0, 0.05, "better: lower than claimed 90–250", "worse: below the claimed 10–15%"),
+    (142.37, 0.1387, "within the claimed 90–250", "within the claimed 10–15%"),
+])
+def test_guide_comparison_words_each_figure_in_its_direction(tmp_path, ppl, acc, ppl_words, acc_words):
+    write_run(tmp_path, good=True, cvfp_ppl=ppl, cvfp_acc=acc)
+    p2 = section_of(build_report(tmp_path, cfg(), seed=0), "phase2")
+    for label, words in (("validation perplexity", ppl_words), ("validation top-1 accuracy", acc_words)):
+        row = row_of(p2, label)
+        colour = "warnc" if words.startswith("worse") else "pass"
+        assert f'<td class="{colour}">{words}</td>' in row, row
+
+
+def test_er_against_the_guide_says_its_direction(tmp_path):
+    write_run(tmp_path, good=True)  # train ER 88.12% (claimed 88–90%), validation ER 79.46% (80–83%)
+    crit = section_of(build_report(tmp_path, cfg(), seed=0), "criteria")
+    assert '<td class="pass">within the claimed 88–90%</td>' in row_of(crit, "train ER")
+    assert '<td class="warnc">worse: below the claimed 80–83%</td>' in row_of(crit, "validation ER")
+    v = json.loads((tmp_path / paths.VALIDATE_METRICS).read_text())
+    v["train"]["er_pct"] = 93.5
+    (tmp_path / paths.VALIDATE_METRICS).write_text(json.dumps(v))
+    crit = section_of(build_report(tmp_path, cfg(), seed=0), "criteria")
+    assert '<td class="pass">better: above the claimed 88–90%</td>' in row_of(crit, "train ER")
+
+
+def test_terms_define_the_guide_and_seed_means_the_random_seed(tmp_path, monkeypatch):
+    write_run(tmp_path, good=True)
+    v = json.loads((tmp_path / paths.VALIDATE_METRICS).read_text())
+    v["thresholds"]["min_val_er_pct"] = 71.5
+    (tmp_path / paths.VALIDATE_METRICS).write_text(json.dumps(v))
+    _fake_generation(monkeypatch, tmp_path, "fine")
+    html = build_report(tmp_path, cfg(temperature=0.7, top_k=40), seed=7)
+    terms = html[html.index('<div class="terms">'):html.index("<nav")]
+    assert html.index('class="p2line') < html.index('<div class="terms">')
+    assert "<b>the original guide</b>: the Colab guide this project started from" in terms
+    assert "validation ER &gt; 71.5%" in terms and "train ER &gt; 85%" in terms  # from validate.json
+    assert "perplexity 90–250" in terms
+    assert "<b>random seed</b>: the <code>seed</code> parameter (here 7)" in terms
+    page = re.sub(r'src="data:[^"]+"', "", html)
+    assert "seed's" not in page and "seed&#x27;s" not in page and "seed’s" not in page
+    assert "random seed 7" in text_of(section_of(html, "generation"))
+    rest = re.sub(r"random seed|<code>seed</code>|“seed”|<b>seed</b>=", "", page)
+    assert "seed" not in rest.lower(), re.findall(r".{40}seed.{40}", rest, re.I)
+
+
+def test_missing_inputs_say_not_available(tmp_path):
+    html = build_report(tmp_path, cfg(), seed=0)  # nothing has run
+    for a in ("criteria", "passes", "spectrum", "convergence", "phase2", "generation", "timings"):
+        assert "not available" in section_of(html, a), a
+    assert 'class="banner warn"' in html and "Phase 1 INCOMPLETE" in text_of(banner_of(html))
+    assert p2line_of(html)[0] == "na" and "not available" in p2line_of(html)[1]
+    assert "data:image/png" not in html and not has_remote_refs(html)
+
+
+def test_missing_baselines_and_transformer_say_not_available(tmp_path):
+    write_run(tmp_path, good=True)
+    (tmp_path / paths.BASELINES_METRICS).unlink()
+    html = build_report(tmp_path, cfg(), seed=0)
+    p2 = text_of(section_of(html, "phase2"))
+    assert "not available: metrics/baselines.json is missing (stage baselines has not run)" in p2
+    assert "Kneser" not in text_of(row_of(section_of(html, "phase2"), "n-gram baselines"))
+    # the transformer is then the strongest baseline there is
+    level, line = p2line_of(html)
+    assert level == "ok" and "the same-size transformer (perplexity 175.3)" in line
+    assert "baselines" in text_of(row_of(section_of(html, "timings"), "baselines"))
+    assert "not available" in text_of(row_of(section_of(html, "timings"), "baselines"))
+    (tmp_path / paths.TRANSFORMER_METRICS).write_text("[1, 2]")
+    html = build_report(tmp_path, cfg(), seed=0)
+    p2 = text_of(section_of(html, "phase2"))
+    assert "metrics/transformer.json is unreadable" in p2
+    level, line = p2line_of(html)
+    assert level == "na" and "not available" in line and "stage baselines has not run" in line
+    assert "142.4" in line  # the model's own figure is still given
+    (tmp_path / paths.TRANSFORMER_METRICS).unlink()
+    tm = section_of(build_report(tmp_path, cfg(), seed=0), "timings")
+    assert "not available" in text_of(row_of(tm, "transformer_lm"))
 
 
 def test_zero_optimizer_steps_is_flagged(tmp_path):
@@ -240,27 +442,18 @@ def test_zero_optimizer_steps_is_flagged(tmp_path):
         (tmp_path / rel).write_text(json.dumps(m))
     html = build_report(tmp_path, cfg(), seed=0)
     assert 'class="banner bad"' in html
-    assert "NO optimizer step" in text_of(html[:html.index("<nav")])
+    assert "NO optimizer step" in text_of(banner_of(html))
     assert "never trained" in text_of(html)
-
-
-def test_missing_inputs_say_not_available(tmp_path):
-    html = build_report(tmp_path, cfg(), seed=0)  # nothing has run
-    for a in ("criteria", "passes", "spectrum", "convergence", "phase2", "generation", "timings"):
-        start = html.index(f'id="{a}"')
-        end = html.index("</section>", start)
-        assert "not available" in html[start:end], a
-    assert 'class="banner warn"' in html
-    assert "data:image/png" not in html and not has_remote_refs(html)
 
 
 def test_phase2_not_run_yet(tmp_path):
     write_run(tmp_path, good=True, phase2=False)
     html = build_report(tmp_path, cfg(), seed=0)
-    p2 = text_of(html[html.index('id="phase2"'):html.index('id="generation"')])
+    p2 = text_of(section_of(html, "phase2"))
     assert "not available" in p2 and "phase2_lm has not run" in p2
+    assert p2line_of(html)[0] == "na"
     assert html.count("data:image/png") == 3  # phase 1 plots are still there
-    tm = text_of(html[html.index('id="timings"'):])
+    tm = text_of(section_of(html, "timings"))
     assert "phase2_lm" in tm and "not available" in tm and "41.37" in tm
 
 
@@ -269,9 +462,9 @@ def test_unreadable_input_does_not_crash(tmp_path):
     (tmp_path / paths.VALIDATE_METRICS).write_text("{not json")
     (tmp_path / paths.SPECTRUM).write_text("")
     html = build_report(tmp_path, cfg(), seed=0)
-    crit = text_of(html[html.index('id="criteria"'):html.index('id="passes"')])
+    crit = text_of(section_of(html, "criteria"))
     assert "not available" in crit and "unreadable" in crit
-    assert "not available" in text_of(html[html.index('id="spectrum"'):html.index('id="convergence"')])
+    assert "not available" in text_of(section_of(html, "spectrum"))
 
 
 def _fake_generation(monkeypatch, root: Path, continuation: str):
@@ -315,7 +508,7 @@ def test_generation_is_escaped_and_uses_report_params(tmp_path, monkeypatch):
     assert "Hi &lt;b&gt;there&lt;/b&gt;" in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     gen = text_of(html[html.index('id="generation"'):html.index('id="timings"')])
     assert "generation failed" in gen and "&lt;oops&gt;" in gen
-    assert "temperature 0.7" in gen and "top_k 40" in gen and "seed 123" in gen
+    assert "temperature 0.7" in gen and "top_k 40" in gen and "random seed 123" in gen
 
 
 def test_pipeline_run_writes_report(tmp_path, monkeypatch, capsys):

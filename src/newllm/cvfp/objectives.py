@@ -10,6 +10,7 @@ function plus one entry in ``OBJECTIVES``. Formulas, costs and measurements: doc
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -50,13 +51,13 @@ def vicreg(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor
 
 def uniformity(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
     """Wang & Isola's uniformity: ``log mean_{i != j} exp(-t ||z_i - z_j||^2)`` with ``z = c/||c||``
-    (lowest when the directions spread evenly over the sphere). O(b^2 d) per batch."""
-    b = c.shape[0]
+    (lowest when the directions spread evenly over the sphere). O(b^2 d) per batch: for unit
+    vectors ``-t ||z_i - z_j||^2 = 2t z_i.z_j - 2t``, so it is one b x b matmul and a logsumexp."""
+    b, t = c.shape[0], cfg.uniformity_temperature
     z = F.normalize(c, dim=1)
-    sq = (2.0 - 2.0 * (z @ z.T)).clamp_min(0.0)
-    sq = sq.masked_fill(torch.eye(b, dtype=torch.bool, device=c.device), float("inf"))
-    return torch.logsumexp(-cfg.uniformity_temperature * sq.flatten(), 0) - torch.log(
-        torch.tensor(float(b * (b - 1)), dtype=c.dtype, device=c.device))
+    scores = (2.0 * t) * (z @ z.T)
+    scores = scores.fill_diagonal_(float("-inf"))  # i != j
+    return torch.logsumexp(scores.flatten(), 0) - 2.0 * t - math.log(b * (b - 1))
 
 
 def _singular_values(c: torch.Tensor) -> torch.Tensor:

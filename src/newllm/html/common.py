@@ -76,6 +76,13 @@ def fmt_range(lo: float, hi: float, unit: str = "") -> str:
     return f"{fmt(lo)}–{fmt(hi)}{unit}"
 
 
+def fmt_change(pct: float) -> str:
+    """A relative change in percent with its sign ("−12%", "+8.3%"), so its direction reads at a glance."""
+    mag = abs(pct)
+    digits = f"{mag:.0f}" if mag >= 10 else (f"{mag:.1f}" if mag >= 0.1 else f"{mag:.2g}")
+    return ("−" if pct < 0 else "+") + digits + "%"
+
+
 def fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 100_000 else f"{n:,}"
 
@@ -172,6 +179,12 @@ margin-top:1.8em;} h3{font-size:1.05em;margin:1.2em 0 .4em;} h4{font-size:.95em;
 .banner.bad{background:#b00020;color:#fff;border:3px solid #6d0014;}
 .banner.warn{background:#fff3cd;color:#5c4400;border:2px solid #e0b400;}
 .banner.ok{background:#e3f6e8;color:#0a5c1f;border:2px solid #3aa35a;}
+.p2line{padding:8px 16px;border-radius:6px;margin:0 0 14px;font-weight:600;}
+.p2line.ok{background:#e3f6e8;color:#0a5c1f;border:2px solid #3aa35a;}
+.p2line.warn{background:#fff3cd;color:#5c4400;border:2px solid #e0b400;}
+.p2line.na{background:#f1f2f4;color:#4a5059;border:2px solid #c9ced6;font-style:italic;}
+.terms{font-size:.85em;color:#30363d;background:#f6f7f9;border-left:4px solid #c9ced6;padding:6px 12px;
+margin:0 0 12px;} .terms ul{margin:4px 0;padding-left:18px;} .terms li{margin:2px 0;}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:.9em;}
 th,td{border:1px solid #d5dae0;padding:4px 8px;text-align:left;vertical-align:top;}
 th{background:#eef1f5;} table.kvtable td:first-child{font-weight:600;white-space:nowrap;}
