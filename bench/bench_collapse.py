@@ -1,5 +1,5 @@
 """Which Phase 1 settings collapse? Trains Phase 1 under a few variants of the defaults on the
-same tokens and prints, per variant, the figures validate_rank judges (cvfp.md): effective
+same tokens and prints, per variant, the figures validate_rank judges (docs/metrics.md): effective
 rank of the training and validation contexts beside the untrained network's, final_diff
 (5 frozen passes), mean pairwise cosine, mean context norm, relative parameter change,
 optimizer steps and time. Not a test: it prints what it measured, whatever that is.

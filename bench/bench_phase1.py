@@ -56,7 +56,7 @@ def bench_reference(train, mcfg: ModelConfig, n_tokens: int, batch_tokens: int) 
     tokens/s of its pass 0 (scan only) and of its training pass (pass 1), each timed on its own
     (a run of pass 0 alone, then a run of passes 0 and 1; the difference is pass 1).
     ``batch_tokens`` 1 is the original online algorithm (an Adam step per token), the
-    reference cvfp.md names; the batched run's ``batch_tokens`` gives the like-for-like loop."""
+    reference the original algorithm is; the batched run's ``batch_tokens`` gives the like-for-like loop."""
     s = int((train.offsets <= n_tokens).sum()) - 1
     tokens, offsets = train.tokens[: int(train.offsets[s])], train.offsets[: s + 1]
     el = []
@@ -101,7 +101,7 @@ def main() -> None:
     if args.reference_tokens:
         n = train.num_tokens
         for bt, what in ((args.batch_tokens, "same batch_tokens: the loop-vs-batched speed-up of one algorithm"),
-                         (1, "batch_tokens 1: the original online algorithm, cvfp.md's reference")):
+                         (1, "batch_tokens 1: the original online algorithm, the original algorithm")):
             ref0, ref1 = bench_reference(train, mcfg, args.reference_tokens, bt)
             print(f"[reference fp32, {what}] per-token loop on ~{args.reference_tokens} tokens: "
                   f"pass 0 {ref0:,.1f} tok/s, training pass {ref1:,.1f} tok/s")

@@ -131,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             if rc:
                 failures.append(name)
         if not args.quick:
-            # 100k bf16 with a learning rate not run yet (else DVC's run-cache would restore the stages)
-            set_params(repo, {"data": {**big, "num_samples": args.big_samples}, "runtime": {"precision": "bf16", "device": args.device},
-                              "phase1": {"learning_rate": 0.0019}})
+            # 100k bf16 with learning rates not run yet (else DVC's run-cache would restore the stages)
+            set_params(repo, {"data": {**big, "num_samples": args.big_samples},
+                              "runtime": {"precision": "bf16", "device": args.device}})
             for stage, marker in (("phase1", "resume/phase1.pt"), ("phase2", "resume/phase2.pt")):
+                set_params(repo, {stage: {"learning_rate": 0.0019}})  # new params: the stage must train
                 killed = kill_during(repo, log, marker)
                 before = log.read_text().count(f"resumed {stage} after")
                 rc, sec = repro(repo, log)

@@ -11,6 +11,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# every .gitignore of the repository (the DVC outputs' entries are committed, so a run leaves
+# only dvc.lock to commit)
+IGNORE_FILES = (".gitignore", "data/.gitignore", "models/.gitignore", "metrics/.gitignore", "reports/.gitignore")
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "chat_sample.jsonl"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,8 +83,9 @@ class DvcRepo:
 
 def make_dvc_repo(path: Path, params_update: dict | None = None) -> DvcRepo:
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", *IGNORE_FILES):
         if (ROOT / name).exists():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / name, path / name)
     shutil.copytree(ROOT / "stages", path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

@@ -299,6 +299,10 @@ def test_generate_is_deterministic(tmp_path, capsys):
     tok.save(str(tmp_path / "tokenizer.json"))
     main(["--checkpoint", str(ckpt), "--tokenizer", str(tmp_path), "--prompt", "Hello world",
           "--max-new-tokens", "8", "--temperature", "0.8", "--top-k", "40", "--seed", "1"])
+    # the prompt and the continuation, told apart (repr keeps spaces and line breaks visible)
+    assert capsys.readouterr().out == f"prompt:       {'Hello world'!r}\ncontinuation: {a!r}\n"
+    main(["--checkpoint", str(ckpt), "--tokenizer", str(tmp_path), "--prompt", "Hello world",
+          "--max-new-tokens", "8", "--temperature", "0.8", "--top-k", "40", "--seed", "1", "--continuation-only"])
     assert capsys.readouterr().out == a + "\n"
 
 

@@ -1,6 +1,6 @@
 """The stream/scan engine shared by Phase 1, validation and Phase 2.
 
-A *stream* carries its context from token to token (cvfp.md, "Streams and
+A *stream* carries its context from token to token (docs/model.md, "Streams and
 passes"). Streams advance in lockstep: position ``t`` of every stream that is
 long enough is processed in one batched ``F`` call. Streams are sorted by length
 (descending), so the streams active at position ``t`` are a prefix ``[0, n_t)``.

@@ -1,4 +1,4 @@
-"""The CVFP model ("residual_standard"), exactly as ../shared/spec/cvfp.md defines it.
+"""The CVFP model ("residual_standard"), as docs/model.md describes it.
 
 ``x_t = LN_e(E[tok_t])``; each layer maps ``(c, x) -> (c', x')`` with
 ``h = ReLU(W [c; x] + b)``, ``c' = c + h[:d_c]``, ``x' = x + h[d_c:]`` and a LayerNorm
@@ -111,7 +111,7 @@ class CVFPModel(nn.Module):
 
 
 def parameter_counts(model_cfg: dict, head_from: str = "token") -> dict:
-    """Parameter counts of the CVFP model of ``model_cfg`` (cvfp.md; 91,429,969 at 768/768/6)."""
+    """Parameter counts of the CVFP model of ``model_cfg`` (docs/model.md; 91,429,969 at 768/768/6)."""
     v = int(model_cfg.get("vocab_size", 50257))
     de = int(model_cfg.get("embed_dim", 768))
     dc = int(model_cfg.get("context_dim", 768))

@@ -1,4 +1,4 @@
-"""Phase 2: next-token prediction (cvfp.md, "Phase 2") on the shared stream/scan engine.
+"""Phase 2: next-token prediction (docs/model.md, "Phase 2") on the shared stream/scan engine.
 
 Semantics
 ---------

@@ -1,4 +1,4 @@
-"""Metrics of a context matrix: effective rank in O(N d^2) and degeneracy checks (cvfp.md)."""
+"""Metrics of a context matrix: effective rank in O(N d^2) and degeneracy checks (docs/metrics.md)."""
 from __future__ import annotations
 
 import math

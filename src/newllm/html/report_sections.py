@@ -37,7 +37,7 @@ from newllm.html.plots import band, empty, figure, hline, img, xy
 if TYPE_CHECKING:
     from newllm.html.run_report import Inputs
 
-# The original guide's claimed figures (cvfp.md, "Numbers measured from the original code").
+# The original guide's claimed figures (docs/metrics.md, "Terms").
 GUIDE_PHASE1 = {"train_er_pct": (88.0, 90.0), "val_er_pct": (80.0, 83.0), "cvfp_loss": (0.0015, 0.002),
                 "passes": (3, 5)}
 GUIDE_PHASE2 = {"loss": (4.5, 5.5), "ppl": (90.0, 250.0), "acc_pct": (10.0, 15.0)}
