@@ -45,7 +45,7 @@ def run_phase1(dist, diversity: str = "ema_distance") -> dict:
 def run_phase2(dist) -> dict:
     ts, vs = tokens(), tokens()
     model = build_model(TINY, seed=1)
-    cfg = Phase2Config(epochs=2, batch_tokens=10, chunk_tokens=3)
+    cfg = Phase2Config(epochs=2, batch_tokens=10, chunk_tokens=3, dropout=0.0)  # masks are drawn per rank
     tr = Phase2Trainer(model, ts.tokens, ts.offsets, vs.tokens, vs.offsets, cfg, "sample",
                        Runtime(torch.device("cpu"), "fp32"), dist=dist)
     with spy_gradients(phase2_module, flat=True) as grads:

@@ -30,6 +30,12 @@ LENGTHS = (7, 3, 9, 1, 5)   # 25 tokens; the 1-token sample has no target in sam
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def P2(**kw) -> Phase2Config:
+    """Phase 2 settings for the exactness tests: no dropout (the per-token reference has none)
+    and every epoch run (no early stop), unless a test asks for them."""
+    return Phase2Config(**{"dropout": 0.0, "early_stop_patience": 0, **kw})
+
+
 def toy_tokens(seed=0, lengths=LENGTHS, vocab=50):
     g = torch.Generator().manual_seed(seed)
     return from_lists([torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths])
@@ -112,7 +118,7 @@ def test_targets_stay_within_streams():
 @pytest.mark.parametrize("mode,head,freeze", [("sample", "token", False), ("corpus", "token", False),
                                               ("sample", "context", False), ("corpus", "token", True)])
 def test_full_batch_fp32_matches_reference(mode, head, freeze):
-    cfg = Phase2Config(epochs=1, batch_tokens=0, chunk_tokens=4, freeze_context=freeze)
+    cfg = P2(epochs=1, batch_tokens=0, chunk_tokens=4, freeze_context=freeze)
     tr, m1, m2, ref, g_fast, g_ref = run_both(mode, cfg, torch.float32, head)
     assert tr.state.steps == ref["steps"] == len(g_fast) == len(g_ref) == 1
     assert abs(tr.state.history[0]["train_loss"] - ref["train_loss"][0]) < 1e-5
@@ -129,7 +135,7 @@ def test_full_batch_fp32_matches_reference(mode, head, freeze):
 @pytest.mark.parametrize("mode", ["sample", "corpus"])
 @pytest.mark.parametrize("batch_tokens", [1, 4, 7])
 def test_minibatch_steps_match_reference_float64(mode, batch_tokens):
-    cfg = Phase2Config(epochs=2, batch_tokens=batch_tokens, chunk_tokens=3, learning_rate=0.01)
+    cfg = P2(epochs=2, batch_tokens=batch_tokens, chunk_tokens=3, learning_rate=0.01)
     tr, m1, m2, ref, g_fast, g_ref = run_both(mode, cfg, torch.float64)
     # batches without a target take no step (e.g. a last batch holding only streams' last tokens)
     ts = toy_tokens()
@@ -148,7 +154,7 @@ def test_minibatch_steps_match_reference_float64(mode, batch_tokens):
 
 
 def test_frozen_pretrained_embeddings_match_reference_float64():
-    cfg = Phase2Config(epochs=2, batch_tokens=5, chunk_tokens=2, learning_rate=0.01)
+    cfg = P2(epochs=2, batch_tokens=5, chunk_tokens=2, learning_rate=0.01)
     torch.set_default_dtype(torch.float64)
     try:
         e0 = build_model(TINY, seed=3).embed.weight.detach().clone()
@@ -164,7 +170,7 @@ def test_frozen_pretrained_embeddings_match_reference_float64():
 def test_freeze_context_trains_only_the_head():
     model = build_model(TINY, seed=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tr = make_trainer(model, Phase2Config(epochs=4, batch_tokens=8, chunk_tokens=5, freeze_context=True,
+    tr = make_trainer(model, P2(epochs=4, batch_tokens=8, chunk_tokens=5, freeze_context=True,
                                           learning_rate=0.02))
     tr.run()
     after = model.state_dict()
@@ -181,7 +187,7 @@ def test_chunked_loss_equals_unchunked():
     out = {}
     for chunk in (1, 3, 10_000):
         model = build_model(TINY, seed=2)
-        tr = make_trainer(model, Phase2Config(epochs=1, batch_tokens=0, chunk_tokens=chunk))
+        tr = make_trainer(model, P2(epochs=1, batch_tokens=0, chunk_tokens=chunk))
         with spy_gradients(phase2_module) as grads:
             tr.run()
         out[chunk] = (tr.state.history[0], grads[0], tr.evaluate())
@@ -226,26 +232,41 @@ def test_nan_in_head_stops_with_numerical_error():
     model = build_model(TINY, seed=0)
     with torch.no_grad():
         model.head.weight[3, 1] = float("nan")
-    tr = make_trainer(model, Phase2Config(epochs=2, batch_tokens=8))
+    tr = make_trainer(model, P2(epochs=2, batch_tokens=8))
     with pytest.raises(NumericalError, match=r"epoch 1: non-finite train loss"):
         tr.run()
 
 
-@pytest.mark.parametrize("freeze", [False, True])
-def test_resume_is_bitwise(freeze):
-    cfg = Phase2Config(epochs=2, batch_tokens=6, chunk_tokens=4, freeze_context=freeze, learning_rate=0.01)
-    straight = build_model(TINY, seed=4)
+OPTIONS = [{"freeze_context": False}, {"freeze_context": True}, {"dropout": 0.3}, {"context_noise_std": 0.2},
+           {"weight_decay": 0.1}, {"freeze_embeddings": True}, {"tie": True}]
+
+
+def _model(seed: int, tie: bool):
+    model = build_model(TINY if not tie else ModelConfig(context_dim=8, embed_dim=8, num_layers=2, vocab_size=50),
+                        seed=seed)
+    if tie:
+        model.tie_head()
+    return model
+
+
+@pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_resume_is_bitwise(opt):
+    """Every Phase 2 option resumes bit-exactly (dropout masks depend only on seed and epoch)."""
+    opt = dict(opt)
+    tie = opt.pop("tie", False)
+    cfg = P2(epochs=2, batch_tokens=6, chunk_tokens=4, learning_rate=0.01, **opt)
+    straight = _model(4, tie)
     tr = make_trainer(straight, cfg)
     tr.run()
 
-    first = build_model(TINY, seed=4)
+    first = _model(4, tie)
     tr1 = make_trainer(first, cfg)
     tr1.run_epoch(0)
     tr1.state.epochs_done = 1
     buf = io.BytesIO()
     torch.save(tr1.state_dict(), buf)
     buf.seek(0)
-    fresh = build_model(TINY, seed=99)  # other weights: everything must come from the state
+    fresh = _model(99, tie)  # other weights: everything must come from the state
     tr2 = make_trainer(fresh, cfg)
     tr2.load_state_dict(torch.load(buf, weights_only=True))
     tr2.run()
@@ -256,10 +277,40 @@ def test_resume_is_bitwise(freeze):
         assert h["train_loss"] == r["train_loss"] and h["val_loss"] == r["val_loss"]
 
 
+@pytest.mark.parametrize("opt", [{"context_noise_std": 0.2}, {"weight_decay": 0.1}, {"freeze_embeddings": True}])
+def test_options_match_reference_float64(opt):
+    """Context noise, AdamW and frozen embeddings: the trainer equals the per-token reference."""
+    cfg = P2(epochs=2, batch_tokens=7, chunk_tokens=3, learning_rate=0.01, **opt)
+    tr, m1, m2, ref, g_fast, g_ref = run_both("sample", cfg, torch.float64)
+    assert tr.state.steps == ref["steps"] > 0
+    assert tr.state.history[-1]["train_loss"] == pytest.approx(ref["train_loss"][-1], rel=1e-10)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.allclose(p, q, atol=1e-9)
+
+
+@pytest.mark.parametrize("opt", OPTIONS[2:], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_each_option_changes_training_as_it_says(opt):
+    opt = dict(opt)
+    tie = opt.pop("tie", False)
+    base, model = _model(4, False), _model(4, tie)
+    embed0 = model.embed.weight.detach().clone()
+    make_trainer(base, P2(epochs=2, batch_tokens=6, learning_rate=0.01)).run()
+    tr = make_trainer(model, P2(epochs=2, batch_tokens=6, learning_rate=0.01, **opt))
+    tr.run()
+    changed = [k for (k, a), b in zip(base.state_dict().items(), model.state_dict().values()) if not torch.equal(a, b)]
+    assert changed, opt  # the option is really in the training
+    if opt.get("freeze_embeddings"):
+        assert torch.equal(model.embed.weight, embed0)
+    else:
+        assert not torch.equal(model.embed.weight, embed0)
+    if tie:
+        assert model.head.weight is model.embed.weight and sum(p is model.embed.weight for p in tr.params) == 1
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs(precision):
     model = build_model(ModelConfig(context_dim=16, embed_dim=16, num_layers=2, vocab_size=50), seed=0)
-    tr = make_trainer(model, Phase2Config(epochs=2, batch_tokens=10), rt=Runtime(torch.device("cpu"), precision))
+    tr = make_trainer(model, P2(epochs=2, batch_tokens=10), rt=Runtime(torch.device("cpu"), precision))
     assert (tr.scaler is not None) == (precision == "fp16")
     tr.run()
     assert all(math.isfinite(h["val_loss"]) for h in tr.state.history)

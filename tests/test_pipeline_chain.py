@@ -44,12 +44,7 @@ def test_whole_chain_rerun_rules_and_metrics_diff(dvc_repo):
     repo.set_params({"phase1": {"learning_rate": 0.001}})
     assert sorted(repo.ran_stages(repo.repro().stdout)) == ["phase1_fixed_point", "phase2_lm", "report",
                                                            "validate_rank"]
-    repo.commit("phase1 and phase2 lr")
-
-    # another data scale re-runs everything; metrics diff shows every headline key
-    repo.set_params({"data": {"num_samples": 8}})
-    assert sorted(repo.ran_stages(repo.repro().stdout)) == sorted(ALL)
+    # another scale re-runs everything and `dvc metrics diff` shows every headline key: the README
+    # sequence (tests/test_readme.py) does that on a 50-sample repository
     diff = json.loads(repo.dvc("metrics", "diff", "--json", "--all").stdout)
-    assert sorted(diff["metrics.json"]) == sorted(HEADLINE)
-    tokens = json.loads(repo.dvc("metrics", "diff", "--json", "--all", "--targets", "metrics/data.json").stdout)
-    assert tokens["metrics/data.json"]["train.tokens"] == {"old": 6 * 32, "new": 8 * 32, "diff": 64}
+    assert set(diff["metrics.json"]) == set(HEADLINE)  # --all: unchanged keys too

@@ -61,3 +61,27 @@ def test_bf16_trained_model_checked_in_fp32_whatever_the_precision(tmp_path, mon
         diffs.append(float((cur - ctx).norm(dim=1).mean()))
         ctx = cur
     assert min(diffs[-3:]) > 5e-3 > 5 * as_fp32["final_diff"], diffs
+
+
+def test_default_objective_keeps_the_rank_where_the_original_term_collapses(tmp_path, monkeypatch):
+    """Same tiny model, data and schedule; only phase1.diversity differs. The default objective
+    (whatever params.yaml ships) passes with a trained ER above the untrained network's; the
+    original guide's ema_distance collapses the contexts."""
+    from newllm.config import Phase1Config
+    from newllm.stages import phase1_fixed_point, validate_rank
+    monkeypatch.chdir(tmp_path)
+    save_token_set(random_tokens(0, (32,) * 12, vocab=64), paths.TOKENS_TRAIN)
+    save_token_set(random_tokens(1, (32,) * 4, vocab=64), paths.TOKENS_VAL)
+    verdicts = {}
+    for diversity in (Phase1Config().diversity, "ema_distance"):
+        params = {"model": {"context_dim": 32, "embed_dim": 32, "vocab_size": 64},
+                  "phase1": {"diversity": diversity, "batch_tokens": 64, "learning_rate": 0.01},
+                  "validate": {"convergence_passes": 8, "cosine_pairs": 200},
+                  "runtime": {"device": "cpu", "precision": "fp32"}, "resume": {"enabled": False}}
+        phase1_fixed_point.run(from_dict(params, phase1_fixed_point.SECTIONS))
+        verdicts[diversity] = validate_rank.run(from_dict(params, validate_rank.SECTIONS))
+    default, original = verdicts[Phase1Config().diversity], verdicts["ema_distance"]
+    assert default["passed"] and not default["collapsed"]
+    assert default["train"]["er_pct"] > default["train"]["er_pct_untrained"]
+    assert original["collapsed"] and not original["passed"]
+    assert original["train"]["er_pct"] < 0.25 * original["train"]["er_pct_untrained"]

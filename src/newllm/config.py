@@ -148,13 +148,13 @@ class DataConfig:
 class ModelConfig:
     context_dim: int = F(768, integer(1, 65536), "d_c")
     embed_dim: int = F(768, integer(1, 65536), "d_e")
-    num_layers: int = F(6, integer(1, 256), "L")
+    num_layers: int = F(1, integer(1, 256), "L")
     layernorm_mix: float = F(1.0, number(0, 1), "m: x <- (1-m) x + m LN(x) after each layer")
     layernorm_trainable: bool = F(True, boolean, "LayerNorm scale/shift trainable (original: yes)")
     pretrained_embeddings: bool = F(False, boolean, "frozen GPT-2 wte (needs embed_dim 768)")
     pretrained_name: str = F("gpt2", string(False), "Hub id or local directory of the GPT-2 model")
     vocab_size: int = F(50257, integer(2, 10_000_000), "GPT-2 vocabulary")
-    tie_embeddings: bool = F(False, boolean, "Phase 2's head weight is the embedding matrix (logits from x')")
+    tie_embeddings: bool = F(True, boolean, "Phase 2's head weight is the embedding matrix (logits from x')")
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,8 @@ class Phase1Config:
                     "sample: context resets per conversation; corpus: one stream (original)")
     max_iterations: int = F(10, integer(1, 10_000), "passes at most, pass 0 (untrained forward) included")
     learning_rate: float = F(0.002, number(0, 10, lo_open=True), "Adam lr")
-    dist_reg_weight: float = F(0.5, number(0, 1), "w in (1-w) L_cvfp + w L_div")
-    diversity: str = F("ema_distance", choice(*DIVERSITY_OBJECTIVES),
+    dist_reg_weight: float = F(0.7, number(0, 1), "w in (1-w) L_cvfp + w L_div")
+    diversity: str = F("uniformity", choice(*DIVERSITY_OBJECTIVES),
                        "the diversity objective L_div (docs/objectives.md)")
     uniformity_temperature: float = F(2.0, number(0, 1000, lo_open=True), "t of diversity: uniformity")
     vicreg_variance_target: float = F(1.0, number(0, lo_open=True), "gamma of diversity: vicreg (target std per dim)")
@@ -206,16 +206,16 @@ class Phase2Config:
     epochs: int = F(10, integer(1, 100_000), "epochs (one pass over the training tokens each)")
     learning_rate: float = F(0.002, number(0, 10, lo_open=True), "Adam lr")
     gradient_clip: float = F(1.0, number(0, lo_open=True), "gradient-norm clip")
-    batch_tokens: int = F(4096, integer(0), "tokens per optimizer step; 0 = one full-batch step per epoch (original)")
+    batch_tokens: int = F(1024, integer(0), "tokens per optimizer step; 0 = one full-batch step per epoch (original)")
     chunk_tokens: int = F(2048, integer(1), "tokens per logits chunk (bounds memory: chunk x vocab)")
     freeze_context: bool = F(False, boolean, "true: only the head trains")
     predict_from: str = F("token", choice("token", "context"), "logits from x' (original) or from c")
     checkpoint_every: int = F(1, integer(1), "rolling resume checkpoint every N epochs")
-    early_stop_patience: int = F(0, integer(0), "stop after N epochs without a better validation loss; 0 = never")
+    early_stop_patience: int = F(2, integer(0), "stop after N epochs without a better validation loss; 0 = never")
     freeze_embeddings: bool = F(False, boolean, "the embedding E and LN_e stay as Phase 1 left them")
     context_noise_std: float = F(0.0, number(0, 100), "sigma of noise on the carried context in training")
     weight_decay: float = F(0.0, number(0, 10), "AdamW decoupled weight decay of the matrices; 0 = Adam")
-    dropout: float = F(0.0, number(0, 1, hi_open=True), "dropout on the head's input in training")
+    dropout: float = F(0.1, number(0, 1, hi_open=True), "dropout on the head's input in training")
 
 
 @dataclass(frozen=True)
@@ -223,15 +223,15 @@ class TransformerConfig:
     num_layers: int = F(0, integer(0, 256), "blocks; 0 = CVFP's layer parameters in whole blocks (at least 1)")
     num_heads: int = F(0, integer(0, 1024), "attention heads; 0 = width 64 per head where the width allows")
     ff_mult: int = F(4, integer(1, 64), "feed-forward width / model width")
-    dropout: float = F(0.0, number(0, 1, hi_open=True), "dropout in the blocks and on the embeddings")
-    tie_embeddings: bool = F(False, boolean, "head weight = embedding matrix")
+    dropout: float = F(0.1, number(0, 1, hi_open=True), "dropout in the blocks and on the embeddings")
+    tie_embeddings: bool = F(True, boolean, "head weight = embedding matrix")
     epochs: int = F(10, integer(1, 100_000), "epochs (as phase2.epochs)")
     learning_rate: float = F(0.002, number(0, 10, lo_open=True), "Adam lr (as phase2.learning_rate)")
-    batch_tokens: int = F(4096, integer(0), "tokens per optimizer step (whole sequences; 0 = all)")
+    batch_tokens: int = F(1024, integer(0), "tokens per optimizer step (whole sequences; 0 = all)")
     chunk_tokens: int = F(2048, integer(1), "targets per head/CE chunk (bounds memory)")
     gradient_clip: float = F(1.0, number(0, lo_open=True), "gradient-norm clip")
     weight_decay: float = F(0.0, number(0, 10), "AdamW decoupled weight decay; 0 = Adam")
-    early_stop_patience: int = F(0, integer(0), "stop after N epochs without improvement; 0 = never")
+    early_stop_patience: int = F(2, integer(0), "stop after N epochs without improvement; 0 = never")
     checkpoint_every: int = F(1, integer(1), "rolling resume checkpoint every N epochs")
 
 

@@ -35,6 +35,7 @@ import yaml
 
 from newllm.config import from_dict
 from newllm.errors import ConfigError, NewLLMError
+from newllm.html.common import get
 
 log = logging.getLogger(__name__)
 
@@ -295,20 +296,11 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
-def _get_dotted(raw: dict, key: str) -> Any:
-    cur: Any = raw
-    for p in key.split("."):
-        if not isinstance(cur, dict) or p not in cur:
-            return None
-        cur = cur[p]
-    return cur
-
-
 def _absolute_data_path(raw: dict, point: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Queued experiments run in copies of the repo (.dvc/tmp/exps): a relative ``data.path`` of a
     jsonl source becomes absolute (and must exist)."""
-    path = _get_dotted(raw, "data.path")
-    if not (isinstance(path, str) and path and _get_dotted(raw, "data.source") == "jsonl"):
+    path = get(raw, "data.path")
+    if not (isinstance(path, str) and path and get(raw, "data.source") == "jsonl"):
         return point
     p = Path(path).expanduser()
     if not p.is_absolute():
