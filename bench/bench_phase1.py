@@ -3,6 +3,7 @@ measured matmul GFLOP/s at the same shapes, and peak RSS; plus the per-token ref
 
     python bench/bench_phase1.py                      # 781 samples (100k tokens), 768/6, fp32 and bf16
     python bench/bench_phase1.py --samples 50 --passes 2 --precision bf16
+    python bench/bench_phase1.py --device cuda --precision bf16 --reference-tokens 0   # a GPU
 
 FLOPs of one pass (D = d_c + d_e, L layers, N tokens; matmuls only):
   pass 0 (scan only):          2 N D^2 L
@@ -21,7 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import chat_tokens, matmul_gflops, median  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the per-token reference
+from common import chat_tokens, matmul_gflops, median, sync  # noqa: E402
 from reference import phase1_reference  # noqa: E402
 
 from newllm.config import ModelConfig, Phase1Config  # noqa: E402
@@ -31,14 +33,17 @@ from newllm.cvfp.phase1 import Phase1Trainer  # noqa: E402
 from newllm.runtime import Runtime, peak_rss_mb  # noqa: E402
 
 
-def bench_batched(train, mcfg: ModelConfig, precision: str, passes: int, batch_tokens: int) -> dict:
+def bench_batched(train, mcfg: ModelConfig, precision: str, passes: int, batch_tokens: int,
+                  device: str = "cpu") -> dict:
     model = build_model(mcfg, seed=0)
     cfg = Phase1Config(max_iterations=passes + 1, batch_tokens=batch_tokens, min_converged_ratio=1.0)
-    tr = Phase1Trainer(model, train.tokens, train.offsets, cfg, Runtime(torch.device("cpu"), precision), seed=0)
+    tr = Phase1Trainer(model, train.tokens, train.offsets, cfg, Runtime(torch.device(device), precision), seed=0)
     times = []
     for k in range(passes + 1):
+        sync(device)
         t = time.perf_counter()
         tr.run_pass(k)
+        sync(device)
         times.append(time.perf_counter() - t)
     n = train.num_tokens
     d = mcfg.context_dim + mcfg.embed_dim
@@ -48,7 +53,8 @@ def bench_batched(train, mcfg: ModelConfig, precision: str, passes: int, batch_t
     return {"pass0_s": times[0], "train_pass_s": t_train, "tokens_per_s": n / t_train,
             "gflops": flops_train / t_train / 1e9, "fused_frac": (8 * n - units) / (2 * n),
             "steps_per_pass": tr.state.steps / passes,
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb(),
+            "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0}
 
 
 def bench_reference(train, mcfg: ModelConfig, n_tokens: int, batch_tokens: int) -> tuple[float, float]:
@@ -62,7 +68,9 @@ def bench_reference(train, mcfg: ModelConfig, n_tokens: int, batch_tokens: int) 
     el = []
     for passes in (1, 2):
         model = build_model(mcfg, seed=0)
-        cfg = Phase1Config(max_iterations=passes, batch_tokens=batch_tokens, min_converged_ratio=1.0)
+        # the online form is the original algorithm, with its objective (a batch-level one needs 2 tokens)
+        div = "ema_distance" if batch_tokens == 1 else Phase1Config().diversity
+        cfg = Phase1Config(max_iterations=passes, batch_tokens=batch_tokens, min_converged_ratio=1.0, diversity=div)
         t = time.perf_counter()
         phase1_reference(model, tokens, offsets, cfg, seed=0)
         el.append(time.perf_counter() - t)
@@ -77,7 +85,9 @@ def main() -> None:
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
     ap.add_argument("--batch-tokens", type=int, default=Phase1Config().batch_tokens)
     ap.add_argument("--context-dim", type=int, default=768)
-    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--layers", type=int, default=ModelConfig().num_layers)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: GFLOP/s against the GPU's own measured matmul peak")
     ap.add_argument("--reference-tokens", type=int, default=1000)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -90,18 +100,19 @@ def main() -> None:
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     results = {}
     for prec in precisions:
-        peak = matmul_gflops(min(args.batch_tokens or 1024, 4096), d, d, prec)
-        r = bench_batched(train, mcfg, prec, args.passes, args.batch_tokens)
+        peak = matmul_gflops(min(args.batch_tokens or 1024, 4096), d, d, prec, device=args.device)
+        r = bench_batched(train, mcfg, prec, args.passes, args.batch_tokens, args.device)
         results[prec] = r
         print(f"[{prec}] pass 0 (scan only) {r['pass0_s']:.1f}s | training pass (median of {args.passes}) "
               f"{r['train_pass_s']:.1f}s, {r['tokens_per_s']:,.0f} tok/s, {r['steps_per_pass']:.0f} steps/pass, "
               f"{100 * r['fused_frac']:.0f}% of tokens in fused batches | "
               f"{r['gflops']:.0f} GFLOP/s achieved vs {peak:.0f} GFLOP/s matmul peak "
-              f"({args.batch_tokens}x{d}x{d}) | peak RSS {r['peak_rss_mb']:.0f} MB")
+              f"({args.batch_tokens}x{d}x{d}) on {args.device} | peak RSS {r['peak_rss_mb']:.0f} MB"
+              + (f", peak CUDA {r['peak_cuda_mb']:.0f} MB" if args.device == "cuda" else ""))
     if args.reference_tokens:
         n = train.num_tokens
         for bt, what in ((args.batch_tokens, "same batch_tokens: the loop-vs-batched speed-up of one algorithm"),
-                         (1, "batch_tokens 1: the original online algorithm, the original algorithm")):
+                         (1, "batch_tokens 1: the original online algorithm")):
             ref0, ref1 = bench_reference(train, mcfg, args.reference_tokens, bt)
             print(f"[reference fp32, {what}] per-token loop on ~{args.reference_tokens} tokens: "
                   f"pass 0 {ref0:,.1f} tok/s, training pass {ref1:,.1f} tok/s")

@@ -45,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CHAT_SAMPLE, chat_tokens, matmul_gflops  # noqa: E402
+from common import CHAT_SAMPLE, chat_tokens, matmul_gflops, sync  # noqa: E402
 
 from newllm.config import ModelConfig, Phase2Config  # noqa: E402
 from newllm.cvfp.model import build_model, count_parameters  # noqa: E402
@@ -65,7 +65,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=100_000, help="training tokens (streams = tokens // seq)")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--dim", type=int, default=768, help="d_c = d_e")
-    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--layers", type=int, default=ModelConfig().num_layers)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: GFLOP/s against the GPU's own measured matmul peak")
     ap.add_argument("--batch-tokens", type=int, default=Phase2Config.batch_tokens)
     ap.add_argument("--chunk-tokens", type=int, default=Phase2Config.chunk_tokens)
     ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
@@ -84,24 +86,28 @@ def main() -> None:
     source = f"{CHAT_SAMPLE.name} (offline GPT-2 tokenizer)" if CHAT_SAMPLE.exists() else "random ids"
     model = build_model(mcfg, seed=0)
     cfg = Phase2Config(epochs=args.epochs, batch_tokens=args.batch_tokens, chunk_tokens=args.chunk_tokens)
-    rt = Runtime(torch.device("cpu"), args.precision)
+    rt = Runtime(torch.device(args.device), args.precision)
     rss_setup = rss_mb()
     D, L, V, dh = mcfg.context_dim + mcfg.embed_dim, mcfg.num_layers, mcfg.vocab_size, mcfg.embed_dim
     # matmul rates before and after training: on a shared machine the load can drift
-    mm_before = (matmul_gflops(1024, D, D, args.precision), matmul_gflops(1024, dh, V, args.precision))
+    mm_before = (matmul_gflops(1024, D, D, args.precision, device=args.device),
+                 matmul_gflops(1024, dh, V, args.precision, device=args.device))
     tr = Phase2Trainer(model, train.tokens, train.offsets, val.tokens, val.offsets, cfg, "sample", rt)
     val_times: list[float] = []
     evaluate = tr.evaluate
 
     def timed_evaluate(e=None):
+        sync(args.device)
         t = time.perf_counter()
         out = evaluate(e)
+        sync(args.device)
         val_times.append(time.perf_counter() - t)
         return out
 
     tr.evaluate = timed_evaluate
     t0 = time.perf_counter()
     tr.run()
+    sync(args.device)
     wall = time.perf_counter() - t0
     peak = rss_mb()
 
@@ -113,14 +119,15 @@ def main() -> None:
     epoch_s = statistics.median(h["time_s"] for h in tr.state.history)
     val_s = statistics.median(val_times)
     train_s = epoch_s - val_s
-    mm_after = (matmul_gflops(1024, D, D, args.precision), matmul_gflops(1024, dh, V, args.precision))
+    mm_after = (matmul_gflops(1024, D, D, args.precision, device=args.device),
+                matmul_gflops(1024, dh, V, args.precision, device=args.device))
     mm_layer = (mm_before[0] + mm_after[0]) / 2
     mm_head = (mm_before[1] + mm_after[1]) / 2
     # share of the FLOPs at each shape -> the matmul-bound rate this work could reach
     share_L = (N * f_L + T * 3 * f_L + Nv * f_L) / (flops_train + flops_val)
     bound = 1.0 / (share_L / mm_layer + (1 - share_L) / mm_head)
     fig = {
-        "precision": args.precision, "threads": torch.get_num_threads(), "data": source,
+        "device": args.device, "precision": args.precision, "threads": torch.get_num_threads(), "data": source,
         "model": f"{mcfg.context_dim}/{mcfg.embed_dim}/{L}", "params": count_parameters(model),
         "train_tokens": N, "train_targets": T, "val_tokens": Nv, "val_targets": Tv,
         "batch_tokens": cfg.batch_tokens, "chunk_tokens": cfg.chunk_tokens, "epochs": args.epochs,

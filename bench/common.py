@@ -15,16 +15,25 @@ def median(xs):
     return statistics.median(xs)
 
 
-def matmul_gflops(m: int, k: int, n: int, precision: str = "fp32", repeats: int = 5) -> float:
-    """This machine's measured GFLOP/s for (m x k) @ (k x n), median of ``repeats``."""
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued kernels, so that wall-clock times mean something on a GPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(m: int, k: int, n: int, precision: str = "fp32", repeats: int = 5,
+                  device: str = "cpu") -> float:
+    """The device's measured GFLOP/s for (m x k) @ (k x n), median of ``repeats``."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    a = torch.randn(m, k).to(dtype)
-    b = torch.randn(k, n).to(dtype)
+    a = torch.randn(m, k).to(device, dtype)
+    b = torch.randn(k, n).to(device, dtype)
     a @ b  # warm up
     times = []
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         times.append(time.perf_counter() - t)
     return 2 * m * k * n / median(times) / 1e9
 

@@ -1,6 +1,8 @@
 """The batched Phase 1 engine equals the plain per-token reference."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from grad_spy import spy_gradients
@@ -238,3 +240,13 @@ def test_batch_objectives_refuse_the_online_batch():
         from_dict({"phase1": {"diversity": "uniformity", "batch_tokens": 0}}, sections=["phase1"])
     from_dict({"phase1": {"diversity": "ema_distance", "batch_tokens": 1}}, sections=["phase1"])
     from_dict({"phase1": {"diversity": "vicreg", "batch_tokens": 1, "dist_reg_weight": 0.0}}, sections=["phase1"])
+
+
+@pytest.mark.parametrize("diversity", DIVERSITY_OBJECTIVES)
+def test_every_objective_is_finite_on_a_one_token_batch(diversity):
+    """A pass's last batch can hold a single token (e.g. 1,025 tokens in 1,024-token batches)."""
+    from newllm.cvfp.objectives import value_and_grad
+    c = torch.nn.functional.layer_norm(torch.randn(1, 8), (8,))
+    value, grad = value_and_grad(diversity, c, c[0] * 0.5, Phase1Config())
+    assert math.isfinite(value)
+    assert grad is None or bool(torch.isfinite(grad).all())

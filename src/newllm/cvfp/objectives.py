@@ -41,6 +41,8 @@ def vicreg(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor
     """VICReg's variance and covariance terms: ``mean_j relu(gamma - std_j)`` plus
     ``vicreg_cov_weight * sum_{i != j} cov_ij^2 / d`` over the batch's dimensions."""
     b, d = c.shape
+    if b < 2:  # no spread to measure (a pass's last batch can hold one token)
+        return c.sum() * 0.0
     centred = c - c.mean(0)
     std = torch.sqrt(centred.pow(2).sum(0) / (b - 1) + 1e-4)
     variance = F.relu(cfg.vicreg_variance_target - std).mean()
@@ -54,6 +56,8 @@ def uniformity(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Te
     (lowest when the directions spread evenly over the sphere). O(b^2 d) per batch: for unit
     vectors ``-t ||z_i - z_j||^2 = 2t z_i.z_j - 2t``, so it is one b x b matmul and a logsumexp."""
     b, t = c.shape[0], cfg.uniformity_temperature
+    if b < 2:  # no pairs (a pass's last batch can hold one token)
+        return c.sum() * 0.0
     z = F.normalize(c, dim=1)
     scores = (2.0 * t) * (z @ z.T)
     scores = scores.fill_diagonal_(float("-inf"))  # i != j
