@@ -81,6 +81,7 @@ def bench_reference(train, mcfg: ModelConfig, n_tokens: int, batch_tokens: int) 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=781)
+    ap.add_argument("--max-seq-length", type=int, default=128, help="tokens kept per sample (1M tokens: --samples 1040 --max-seq-length 4096)")
     ap.add_argument("--passes", type=int, default=2, help="training passes timed (after pass 0)")
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
     ap.add_argument("--batch-tokens", type=int, default=Phase1Config().batch_tokens)
@@ -92,7 +93,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     mcfg = ModelConfig(context_dim=args.context_dim, embed_dim=args.context_dim, num_layers=args.layers)
-    train, _ = chat_tokens(args.samples)
+    train, _ = chat_tokens(args.samples, max_seq_length=args.max_seq_length)
     d = mcfg.context_dim + mcfg.embed_dim
     print(f"Phase 1 benchmark: {train.num_tokens} tokens in {train.num_samples} streams, model "
           f"{mcfg.context_dim}/{mcfg.embed_dim}/{mcfg.num_layers}, batch_tokens {args.batch_tokens}, "

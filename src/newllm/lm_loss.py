@@ -18,8 +18,8 @@ CE_ROWS_CUDA = 256        # GPU: rows per block (bounds the fp32 temporaries)
 
 def ce_block_rows(z: torch.Tensor) -> int:
     """Rows of logits taken at a time by the softmax. On CPU a block small enough for the
-    cache: every pass (upcast, max, exp, sum, divide, downcast) then runs from cache, which
-    measured 2.8x faster than 256-row blocks for bf16 (2048 x 50,257 logits: 0.076 vs 0.213 s)."""
+    cache: every pass (upcast, max, exp, sum, divide, downcast) then runs from cache
+    (docs/results.md, "Phase 2's head")."""
     if z.device.type != "cpu":
         return CE_ROWS_CUDA
     return max(1, CE_BLOCK_BYTES // (4 * max(z.shape[1], 1)))
@@ -82,8 +82,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 class HeadWorkspace:
     """Buffers the head reuses from chunk to chunk (logits, the weight-gradient product, the
     weight cast). A fresh 200 MB buffer per chunk costs its page faults every time (glibc
-    serves it by mmap): measured on 2048 x 768 x 50,257 bf16, the logits matmul takes 176 ms
-    into a reused buffer and 260 ms into a fresh one."""
+    serves it by mmap)."""
 
     def __init__(self):
         self._bufs: dict[str, torch.Tensor] = {}
@@ -163,9 +162,8 @@ def limit_heap_retention(threshold: int = 1 << 20) -> bool:
     """glibc only: serve every allocation of ``threshold`` bytes or more by mmap, so it goes back
     to the OS when freed. By default glibc raises that threshold (up to 32 MB) as big blocks are
     freed; Phase 2's chunk activations, whose sizes vary from batch to batch, then fragment the
-    heap. Measured over one 100k-token epoch (768/768/6, bf16, chunk 2048): peak RSS grew from
-    2.75 to 3.15 GB (3.35 GB for the whole stage); with a fixed 1 MB threshold it stays at
-    2.5 GB, for a few percent more time (page faults). Returns whether it was applied."""
+    heap; a fixed threshold keeps the peak flat for a few percent more time (page faults).
+    Returns whether it was applied."""
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -111,7 +111,7 @@ class CVFPModel(nn.Module):
 
 
 def parameter_counts(model_cfg: dict, head_from: str = "token") -> dict:
-    """Parameter counts of the CVFP model of ``model_cfg`` (docs/model.md; 91,429,969 at 768/768/6)."""
+    """Parameter counts of the CVFP model of ``model_cfg`` (formula in docs/model.md)."""
     v = int(model_cfg.get("vocab_size", 50257))
     de = int(model_cfg.get("embed_dim", 768))
     dc = int(model_cfg.get("context_dim", 768))
