@@ -172,6 +172,13 @@ def limit_heap_retention(threshold: int = 1 << 20) -> bool:
         return False
 
 
+def seed_dropout(seed: int, epoch: int, p: float) -> None:
+    """Seed the dropout masks of an epoch from (seed, epoch) alone, so that a run resumed at that
+    epoch draws the same masks as one that never stopped (no-op without dropout)."""
+    if p > 0:
+        torch.manual_seed(seed * 1_000_003 + epoch)
+
+
 def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam; AdamW with decoupled ``weight_decay`` on the matrices (embeddings included, biases and
     LayerNorms excluded) when it is above 0. The fused kernel where this torch has it for the

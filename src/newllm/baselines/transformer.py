@@ -34,6 +34,7 @@ from newllm.lm_loss import (
     head_logits,
     make_optimizer,
     ppl,
+    seed_dropout,
 )
 from newllm.runtime import Progress, Runtime
 
@@ -204,8 +205,7 @@ class TransformerTrainer:
         prog = Progress(f"transformer epoch {e + 1}/{cfg.epochs}", self.num_train_targets)
         t0, ce_sum, steps0 = time.perf_counter(), 0.0, st.steps
         self.model.train()
-        if self.model.drop.p > 0:  # the masks of epoch e depend only on (seed, e): a resumed run draws the same
-            torch.manual_seed(self.seed * 1_000_003 + e)
+        seed_dropout(self.seed, e, self.model.drop.p)
         for a in range(0, order.numel(), per_batch):
             idx = order[a:a + per_batch].to(self.rt.device)
             x, y = self.train_x[idx], self.train_y[idx]

@@ -67,6 +67,7 @@ from newllm.lm_loss import (
     head_logits,
     make_optimizer,
     ppl,
+    seed_dropout,
 )
 from newllm.runtime import Progress, Runtime
 
@@ -332,8 +333,7 @@ class Phase2Trainer:
         self.loss_module.train()
         noise = pass_noise(self.seed + NOISE_SEED_OFFSET, e, self.model.cfg.context_dim, cfg.context_noise_std,
                            self.rt.device)
-        if cfg.dropout > 0:  # the masks of epoch e depend only on (seed, e): a resumed run draws the same
-            torch.manual_seed(self.seed * 1_000_003 + e)
+        seed_dropout(self.seed, e, cfg.dropout)
         for p0, p1 in batch_ranges(n, cfg.batch_tokens):
             ce_sum += self._train_batch(p0, p1, carry, e, noise)
             prog.update(p1 - p0)
