@@ -34,15 +34,16 @@ def timed(fn, repeats: int) -> float:
 
 
 def batch_step_time(batch: int, dim: int, layers: int, precision: str, repeats: int) -> float:
-    """One training pass over ``batch`` tokens (one optimizer step: 8 streams x batch/8 positions)."""
-    streams = 8
-    length = batch // streams
+    """One training batch of ``batch`` tokens shaped like a 100k-token pass's (hundreds of
+    streams, so a batch is one or two scan steps wide): a pass of 4 batches over ``batch / 2``
+    streams of 8 tokens, timed, divided by 4."""
+    streams, length = batch // 2, 8
     ts = TokenSet(torch.randint(0, 50257, (streams * length,)), torch.arange(streams + 1) * length)
     cfg = Phase1Config(batch_tokens=batch, max_iterations=2, diversity="none", min_converged_ratio=1.0)
     model = build_model(ModelConfig(context_dim=dim, embed_dim=dim, num_layers=layers), seed=0)
     tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), precision), seed=0)
     tr.run_pass(0)
-    return timed(lambda: tr.run_pass(1), repeats)
+    return timed(lambda: tr.run_pass(1), repeats) / 4
 
 
 def main() -> None:
@@ -51,19 +52,23 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--anchors", type=int, default=Phase1Config().uniformity_anchors,
+                    help="phase1.uniformity_anchors (0: every pair)")
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     c = torch.nn.functional.layer_norm(torch.randn(args.batch, args.dim, generator=g), (args.dim,))
     mu = c.mean(0)
-    cfg = Phase1Config()
+    cfg = Phase1Config(uniformity_anchors=args.anchors)
     steps = {layers: batch_step_time(args.batch, args.dim, layers, args.precision, args.repeats) for layers in (1, 6)}
-    print(f"B = {args.batch} contexts of width {args.dim}, {torch.get_num_threads()} threads; a training batch "
+    print(f"B = {args.batch} contexts of width {args.dim} (uniformity anchors {args.anchors}), {torch.get_num_threads()} threads; a training batch "
           f"({args.precision}, fused scan + backward + Adam): 1 layer {1000 * steps[1]:.1f} ms, 6 layers "
           f"{1000 * steps[6]:.1f} ms")
     print("| objective | value + gradient, ms | vs a 1-layer batch | vs a 6-layer batch |")
     print("|---|---|---|---|")
     for name in OBJECTIVES:
-        t = timed(lambda: value_and_grad(name, c, mu, cfg, True), args.repeats)
+        # as the trainer calls it: a bf16 run passes its autocast dtype (uniformity's matmuls use it)
+        mm = torch.bfloat16 if args.precision == "bf16" else None
+        t = timed(lambda: value_and_grad(name, c, mu, cfg, True, mm), args.repeats)
         print(f"| {name} | {1000 * t:.2f} | {100 * t / steps[1]:.1f}% | {100 * t / steps[6]:.1f}% |", flush=True)
 
 

@@ -32,8 +32,9 @@ def tokens() -> TokenSet:
 def run_phase1(dist, diversity: str = "ema_distance") -> dict:
     ts = tokens()
     model = build_model(TINY, seed=1)
+    # uniformity with 4 anchors in 10-token batches: every 3rd context of the *global* batch
     cfg = Phase1Config(max_iterations=3, batch_tokens=10, chunk_tokens=3, min_converged_ratio=1.0,
-                       diversity=diversity)
+                       diversity=diversity, uniformity_anchors=4)
     tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), "fp32"), seed=2, dist=dist)
     with spy_gradients(phase1_module, flat=True) as grads:
         tr.run()

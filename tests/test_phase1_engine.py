@@ -218,6 +218,23 @@ def test_every_objective_matches_reference_float64(diversity, batch_tokens, fuse
     assert last["div_loss"] == last["div_loss"]  # a number, not NaN
 
 
+def test_uniformity_with_anchors_matches_reference_float64(fuse):
+    """With fewer anchors than the batch's tokens the anchors are every ceil(b/K)-th context in
+    schedule order: the trainer's batch rows are in the reference's order, so the two agree."""
+    tr, m1, m2, ctx_fast, ref, g_fast, g_ref = run_both(
+        "sample", 7, 3, torch.float64, lr=0.01, chunk_tokens=64 if fuse else 4, diversity="uniformity",
+        dist_reg_weight=0.7, uniformity_anchors=3)
+    for ga, gb in zip(g_fast, g_ref):
+        for a, b in zip(ga, gb):
+            assert torch.allclose(a, b, atol=1e-9, rtol=1e-7), (a - b).abs().max()
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.allclose(p, q, atol=1e-9)
+    # and the anchors changed the run: all pairs train differently
+    _, m3, *_ = run_both("sample", 7, 3, torch.float64, lr=0.01, chunk_tokens=4, diversity="uniformity",
+                         dist_reg_weight=0.7, uniformity_anchors=0)
+    assert max(float((p - q).detach().abs().max()) for p, q in zip(m1.parameters(), m3.parameters())) > 1e-6
+
+
 def test_objectives_move_the_contexts_differently():
     """The objective is really in the loss: the same run under each objective ends with
     different weights (w = 0.7), and `none` equals w = 0 up to the (1 - w) scale of the loss."""
@@ -250,3 +267,59 @@ def test_every_objective_is_finite_on_a_one_token_batch(diversity):
     value, grad = value_and_grad(diversity, c, c[0] * 0.5, Phase1Config())
     assert math.isfinite(value)
     assert grad is None or bool(torch.isfinite(grad).all())
+
+
+def _plain_uniformity(c: torch.Tensor, t: float, anchors: int) -> torch.Tensor:
+    """The formula as written, left to autograd: log mean exp(-t ||z_i - z_j||^2) over the pairs
+    i != j, j in the anchors (every ceil(b/K)-th row; every row for K = 0)."""
+    b = c.shape[0]
+    z = torch.nn.functional.normalize(c, dim=1)
+    js = list(range(b)) if anchors == 0 or b <= anchors else list(range(0, b, math.ceil(b / anchors)))
+    pairs = [(i, j) for i in range(b) for j in js if i != j]
+    d2 = torch.stack([(z[i] - z[j]).pow(2).sum() for i, j in pairs])
+    return torch.logsumexp(-t * d2, 0) - math.log(len(pairs))
+
+
+@pytest.mark.parametrize("b,t,anchors", [(2, 2.0, 0), (9, 2.0, 0), (64, 2.0, 0), (40, 300.0, 0),
+                                         (9, 2.0, 4), (64, 2.0, 16), (10, 2.0, 2), (40, 300.0, 7)])
+def test_uniformity_hand_written_gradient_equals_autograd(b, t, anchors):
+    """uniformity's backward is written by hand (all pairs: one matmul, the score matrix being
+    symmetric); in float64 it is the plain formula's autograd gradient, with and without anchors,
+    also where exp would underflow."""
+    from newllm.cvfp.objectives import value_and_grad
+    g = torch.Generator().manual_seed(b)
+    c = (torch.randn(b, 12, generator=g, dtype=torch.float64) + 0.7).requires_grad_()
+    want = _plain_uniformity(c, t, anchors)
+    (want_grad,) = torch.autograd.grad(want, c)
+    cfg = Phase1Config(uniformity_temperature=t, uniformity_anchors=anchors)
+    value, grad = value_and_grad("uniformity", c.detach(), c[0].detach(), cfg)
+    assert value == pytest.approx(float(want.detach()), rel=1e-12)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_uniformity_matmuls_follow_a_bf16_run(monkeypatch):
+    """A bf16 run computes uniformity's two b x b matmuls in bf16 (the objective's cost; the
+    reductions stay fp32): the trainer passes its autocast dtype, the gradient really changes,
+    and stays within bf16 rounding of the fp32 one."""
+    from newllm.cvfp import objectives
+    seen = []
+    real = p1mod.value_and_grad
+    monkeypatch.setattr(p1mod, "value_and_grad", lambda *a: seen.append(a[-1]) or real(*a))
+    ts = toy_tokens(lengths=(12, 12))
+    for prec in ("fp32", "bf16"):
+        model = build_model(ModelConfig(context_dim=16, embed_dim=16, num_layers=1, vocab_size=50), seed=1)
+        Phase1Trainer(model, ts.tokens, ts.offsets, Phase1Config(max_iterations=2, batch_tokens=8),
+                      Runtime(torch.device("cpu"), prec), seed=0).run()
+    assert set(seen) == {torch.float32, torch.bfloat16}
+
+    g = torch.Generator().manual_seed(0)
+    c = torch.nn.functional.layer_norm(torch.randn(256, 64, generator=g), (64,)) + 0.3
+    v32, g32 = objectives.value_and_grad("uniformity", c, c[0], Phase1Config(), True, torch.float32)
+    v16, g16 = objectives.value_and_grad("uniformity", c, c[0], Phase1Config(), True, torch.bfloat16)
+    assert g16.dtype == torch.float32
+    rel = float((g16 - g32).norm() / g32.norm())
+    assert 0 < rel < 0.02
+    assert v16 == pytest.approx(v32, abs=0.02)
+    # every other objective ignores the dtype: its matmuls stay fp32
+    _, gv = objectives.value_and_grad("vicreg", c, c[0], Phase1Config(), True, torch.bfloat16)
+    torch.testing.assert_close(gv, objectives.value_and_grad("vicreg", c, c[0], Phase1Config())[1], rtol=0, atol=0)

@@ -35,6 +35,11 @@ class Runtime:
                  torch.get_num_threads())
         return rt
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype autocast gives matmuls in training (fp32 when there is no autocast)."""
+        return _DTYPES.get(self.precision, torch.float32)
+
     def autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()

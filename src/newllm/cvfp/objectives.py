@@ -51,17 +51,62 @@ def vicreg(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor
     return variance + cfg.vicreg_cov_weight * off_diagonal / d
 
 
+class _Uniformity(torch.autograd.Function):
+    """``log mean exp(s * (z_i.z_a - 1))`` with ``z = c / ||c||``, over the pairs (row i, anchor a),
+    i != a; the anchors are every ``step``-th row (step 1: all rows). Hand-written backward
+    (tests check it against autograd): with all rows the score matrix is symmetric and the
+    gradient is ``2 s P z`` (P the pairs' softmax), one b x b matmul instead of autograd's two;
+    the normalisation's backward is folded in. The matmuls take autocast's dtype when it is on
+    (a bf16 run's), like the rest of the training step; scores, exp and sums stay fp32."""
+
+    @staticmethod
+    def forward(ctx, c: torch.Tensor, step: int, s: float) -> torch.Tensor:
+        b, dev = c.shape[0], c.device.type
+        mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else c.dtype
+        with torch.autocast(dev, enabled=False):
+            norm = torch.linalg.vector_norm(c, dim=1, keepdim=True).clamp_min_(1e-12)
+            z = c / norm
+            zm = z.to(mm_dtype)
+            za = zm[::step]
+            k = za.shape[0]
+            e = torch.mm(zm, za.T).to(c.dtype).mul_(s)  # b x k scores
+            e.view(-1)[:: step * k + 1].fill_(float("-inf"))  # anchor j is row j * step: not its own pair
+            m = e.max()  # <= s; the shift keeps exp finite for any temperature
+            e.sub_(m).exp_()
+            total = e.sum()
+        ctx.save_for_backward(z, zm, norm, e, total)
+        ctx.step, ctx.s = step, s
+        return m - s + total.log() - math.log(b * k - k)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        z, zm, norm, e, total = ctx.saved_tensors
+        step = ctx.step
+        with torch.autocast(z.device.type, enabled=False):
+            em = e.to(zm.dtype)
+            if step == 1:
+                gz = torch.mm(em, zm).to(z.dtype).mul_(2.0)
+            else:  # rows against anchors, plus each anchor against the rows
+                gz = torch.mm(em, zm[::step]).to(z.dtype)
+                gz[::step] += torch.mm(em.T, zm).to(z.dtype)
+            gz.mul_(grad_out * ctx.s / total)
+            # through z = c / |c|: (gz - z (z . gz)) / |c|
+            gz.sub_(z * (z * gz).sum(1, keepdim=True)).div_(norm)
+        return gz, None, None
+
+
 def uniformity(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
     """Wang & Isola's uniformity: ``log mean_{i != j} exp(-t ||z_i - z_j||^2)`` with ``z = c/||c||``
-    (lowest when the directions spread evenly over the sphere). O(b^2 d) per batch: for unit
-    vectors ``-t ||z_i - z_j||^2 = 2t z_i.z_j - 2t``, so it is one b x b matmul and a logsumexp."""
-    b, t = c.shape[0], cfg.uniformity_temperature
+    (lowest when the directions spread evenly over the sphere). For unit vectors
+    ``-t ||z_i - z_j||^2 = 2t (z_i.z_j - 1)``: a matmul and a log-sum-exp. With
+    ``uniformity_anchors`` K > 0 and a batch of b > K, j runs over K anchors only, every
+    ceil(b/K)-th context of the batch in schedule order: O(b K d) per batch instead of O(b^2 d),
+    every context still pushed away from others. K = 0: every pair."""
+    b, k = c.shape[0], cfg.uniformity_anchors
     if b < 2:  # no pairs (a pass's last batch can hold one token)
         return c.sum() * 0.0
-    z = F.normalize(c, dim=1)
-    scores = (2.0 * t) * (z @ z.T)
-    scores = scores.fill_diagonal_(float("-inf"))  # i != j
-    return torch.logsumexp(scores.flatten(), 0) - 2.0 * t - math.log(b * (b - 1))
+    step = 1 if k == 0 or b <= k else -(-b // k)
+    return _Uniformity.apply(c, step, 2.0 * cfg.uniformity_temperature)
 
 
 def _singular_values(c: torch.Tensor) -> torch.Tensor:
@@ -106,14 +151,19 @@ OBJECTIVES: dict[str, Objective] = {
 }
 assert tuple(OBJECTIVES) == DIVERSITY_OBJECTIVES, "phase1.diversity's allowed names are the functions here"
 BATCH_LEVEL = BATCH_LEVEL_OBJECTIVES
+# objectives whose matmuls follow a low-precision run's autocast (their reductions stay fp32)
+LOW_PRECISION_MATMULS = ("uniformity",)
 
 
 def value_and_grad(name: str, c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config,
-                   need_grad: bool = True) -> tuple[float, torch.Tensor | None]:
-    """``D(C)`` and ``dD/dC`` for the batch contexts ``c`` (b x d, any dtype; taken in fp32 at
-    least, outside autocast). The gradient is None when ``need_grad`` is false or D is constant."""
+                   need_grad: bool = True, matmul_dtype: torch.dtype | None = None) -> tuple[float, torch.Tensor | None]:
+    """``D(C)`` and ``dD/dC`` for the batch contexts ``c`` (b x d, any dtype), taken in fp32 at
+    least. ``matmul_dtype`` (a bf16/fp16 run's autocast dtype) lets ``uniformity``'s two b x b
+    matmuls run in it, as the step's other matmuls do; every other objective and every
+    reduction stays fp32. The gradient is None when ``need_grad`` is false or D is constant."""
     fn = OBJECTIVES[name]
-    with torch.autocast(c.device.type, enabled=False), torch.enable_grad():
+    low = matmul_dtype is not None and matmul_dtype != torch.float32 and name in LOW_PRECISION_MATMULS
+    with torch.autocast(c.device.type, dtype=matmul_dtype if low else None, enabled=low), torch.enable_grad():
         leaf = c.detach().to(torch.promote_types(c.dtype, torch.float32)).requires_grad_(need_grad)
         value = fn(leaf, mu.to(leaf.dtype), cfg)
         if not need_grad or name == "none":

@@ -361,11 +361,12 @@ class Phase1Trainer:
         cfg, mu = self.cfg, self.state.mu
         need_grad = cfg.dist_reg_weight > 0
         if not self.dist.active:
-            return value_and_grad(cfg.diversity, c_now, mu, cfg, need_grad)
+            return value_and_grad(cfg.diversity, c_now, mu, cfg, need_grad, self.rt.compute_dtype)
         mine = (self.global_sched.stream_of[p0:p1] % self.dist.world == self.dist.rank).to(c_now.device)
         full = torch.zeros(p1 - p0, c_now.shape[1], dtype=c_now.dtype, device=c_now.device)
         full[mine] = c_now
-        value, grad = value_and_grad(cfg.diversity, self.dist.sum_(full), mu, cfg, need_grad)
+        value, grad = value_and_grad(cfg.diversity, self.dist.sum_(full), mu, cfg, need_grad,
+                                     self.rt.compute_dtype)
         return value, None if grad is None else grad[mine]
 
     def _train_batch(self, c_in: torch.Tensor, idx: torch.Tensor, prev: torch.Tensor, c_now: torch.Tensor,
