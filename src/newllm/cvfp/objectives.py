@@ -158,7 +158,7 @@ LOW_PRECISION_MATMULS = ("uniformity",)
 def value_and_grad(name: str, c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config,
                    need_grad: bool = True, matmul_dtype: torch.dtype | None = None) -> tuple[float, torch.Tensor | None]:
     """``D(C)`` and ``dD/dC`` for the batch contexts ``c`` (b x d, any dtype), taken in fp32 at
-    least. ``matmul_dtype`` (a bf16/fp16 run's autocast dtype) lets ``uniformity``'s two b x b
+    least. ``matmul_dtype`` (a bf16/fp16 run's autocast dtype) lets ``uniformity``'s
     matmuls run in it, as the step's other matmuls do; every other objective and every
     reduction stays fp32. The gradient is None when ``need_grad`` is false or D is constant."""
     fn = OBJECTIVES[name]
