@@ -167,7 +167,7 @@ class Phase1Config:
     diversity: str = F("uniformity", choice(*DIVERSITY_OBJECTIVES),
                        "the diversity objective L_div (docs/objectives.md)")
     uniformity_temperature: float = F(2.0, number(0, 1000, lo_open=True), "t of diversity: uniformity")
-    uniformity_anchors: int = F(256, integer(0), "diversity: uniformity compares each context with this many "
+    uniformity_anchors: int = F(0, integer(0), "diversity: uniformity compares each context with this many "
                                 "of its batch's (every ceil(b/K)-th); 0 = every pair")
     vicreg_variance_target: float = F(1.0, number(0, lo_open=True), "gamma of diversity: vicreg (target std per dim)")
     vicreg_cov_weight: float = F(0.04, number(0), "covariance weight of diversity: vicreg")
