@@ -65,9 +65,8 @@ def main() -> None:
           f"{1000 * steps[6]:.1f} ms")
     print("| objective | value + gradient, ms | vs a 1-layer batch | vs a 6-layer batch |")
     print("|---|---|---|---|")
+    mm = Runtime(torch.device("cpu"), args.precision).compute_dtype  # as the trainer passes it
     for name in OBJECTIVES:
-        # as the trainer calls it: a bf16 run passes its autocast dtype (uniformity's matmuls use it)
-        mm = torch.bfloat16 if args.precision == "bf16" else None
         t = timed(lambda: value_and_grad(name, c, mu, cfg, True, mm), args.repeats)
         print(f"| {name} | {1000 * t:.2f} | {100 * t / steps[1]:.1f}% | {100 * t / steps[6]:.1f}% |", flush=True)
 

@@ -100,8 +100,8 @@ def uniformity(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Te
     (lowest when the directions spread evenly over the sphere). For unit vectors
     ``-t ||z_i - z_j||^2 = 2t (z_i.z_j - 1)``: a matmul and a log-sum-exp. With
     ``uniformity_anchors`` K > 0 and a batch of b > K, j runs over K anchors only, every
-    ceil(b/K)-th context of the batch in schedule order: O(b K d) per batch instead of O(b^2 d),
-    every context still pushed away from others. K = 0: every pair."""
+    ceil(b/K)-th context of the batch in schedule order: O(b K d) per batch instead of O(b^2 d);
+    the anchors then get most of the push (docs/results.md). K = 0, the default: every pair."""
     b, k = c.shape[0], cfg.uniformity_anchors
     if b < 2:  # no pairs (a pass's last batch can hold one token)
         return c.sum() * 0.0
