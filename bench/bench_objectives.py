@@ -54,13 +54,15 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--anchors", type=int, default=Phase1Config().uniformity_anchors,
                     help="phase1.uniformity_anchors (0: every pair)")
+    ap.add_argument("--group-size", type=int, default=Phase1Config().uniformity_group_size,
+                    help="phase1.uniformity_group_size (0: every pair)")
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     c = torch.nn.functional.layer_norm(torch.randn(args.batch, args.dim, generator=g), (args.dim,))
     mu = c.mean(0)
-    cfg = Phase1Config(uniformity_anchors=args.anchors)
+    cfg = Phase1Config(uniformity_anchors=args.anchors, uniformity_group_size=args.group_size)
     steps = {layers: batch_step_time(args.batch, args.dim, layers, args.precision, args.repeats) for layers in (1, 6)}
-    print(f"B = {args.batch} contexts of width {args.dim} (uniformity anchors {args.anchors}), {torch.get_num_threads()} threads; a training batch "
+    print(f"B = {args.batch} contexts of width {args.dim} (uniformity anchors {args.anchors}, group size {args.group_size}), {torch.get_num_threads()} threads; a training batch "
           f"({args.precision}, fused scan + backward + Adam): 1 layer {1000 * steps[1]:.1f} ms, 6 layers "
           f"{1000 * steps[6]:.1f} ms")
     print("| objective | value + gradient, ms | vs a 1-layer batch | vs a 6-layer batch |")

@@ -35,10 +35,12 @@ from newllm.runtime import Runtime, peak_rss_mb  # noqa: E402
 
 def bench_batched(train, mcfg: ModelConfig, precision: str, passes: int, batch_tokens: int,
                   device: str = "cpu", diversity: str = Phase1Config().diversity,
-                  anchors: int = Phase1Config().uniformity_anchors) -> dict:
+                  anchors: int = Phase1Config().uniformity_anchors,
+                  group_size: int = Phase1Config().uniformity_group_size) -> dict:
     model = build_model(mcfg, seed=0)
     cfg = Phase1Config(max_iterations=passes + 1, batch_tokens=batch_tokens, min_converged_ratio=1.0,
-                       diversity=diversity, uniformity_anchors=anchors)
+                       diversity=diversity, uniformity_anchors=anchors,
+                       uniformity_group_size=group_size)
     tr = Phase1Trainer(model, train.tokens, train.offsets, cfg, Runtime(torch.device(device), precision), seed=0)
     times = []
     for k in range(passes + 1):
@@ -96,6 +98,8 @@ def main() -> None:
                     help="the objective of the batched run (none: the pass without one, for its cost)")
     ap.add_argument("--anchors", type=int, default=Phase1Config().uniformity_anchors,
                     help="phase1.uniformity_anchors (0: every pair)")
+    ap.add_argument("--group-size", type=int, default=Phase1Config().uniformity_group_size,
+                    help="phase1.uniformity_group_size (0: every pair)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     mcfg = ModelConfig(context_dim=args.context_dim, embed_dim=args.context_dim, num_layers=args.layers)
@@ -103,13 +107,14 @@ def main() -> None:
     d = mcfg.context_dim + mcfg.embed_dim
     print(f"Phase 1 benchmark: {train.num_tokens} tokens in {train.num_samples} streams, model "
           f"{mcfg.context_dim}/{mcfg.embed_dim}/{mcfg.num_layers}, batch_tokens {args.batch_tokens}, "
-          f"diversity {args.diversity} (anchors {args.anchors}), "
+          f"diversity {args.diversity} (anchors {args.anchors}, group size {args.group_size}), "
           f"{torch.get_num_threads()} threads")
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     results = {}
     for prec in precisions:
         peak = matmul_gflops(min(args.batch_tokens or 1024, 4096), d, d, prec, device=args.device)
-        r = bench_batched(train, mcfg, prec, args.passes, args.batch_tokens, args.device, args.diversity, args.anchors)
+        r = bench_batched(train, mcfg, prec, args.passes, args.batch_tokens, args.device, args.diversity, args.anchors,
+                          args.group_size)
         results[prec] = r
         print(f"[{prec}] pass 0 (scan only) {r['pass0_s']:.1f}s | training pass (median of {args.passes}) "
               f"{r['train_pass_s']:.1f}s, {r['tokens_per_s']:,.0f} tok/s, {r['steps_per_pass']:.0f} steps/pass, "

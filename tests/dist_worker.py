@@ -29,12 +29,14 @@ def tokens() -> TokenSet:
     return from_lists([torch.randint(0, 50, (n,), generator=g).tolist() for n in (9, 7, 7, 4, 3, 1, 6)])
 
 
-def run_phase1(dist, diversity: str = "ema_distance") -> dict:
+def run_phase1(dist, diversity: str = "ema_distance", **pair_set) -> dict:
     ts = tokens()
     model = build_model(TINY, seed=1)
-    # uniformity with 4 anchors in 10-token batches: every 3rd context of the *global* batch
+    # uniformity with 4 anchors in 10-token batches: every 3rd context of the *global* batch;
+    # or groups of 4: 3 interleaved groups of the global batch
+    pair_set = pair_set or {"uniformity_anchors": 4}
     cfg = Phase1Config(max_iterations=3, batch_tokens=10, chunk_tokens=3, min_converged_ratio=1.0,
-                       diversity=diversity, uniformity_anchors=4)
+                       diversity=diversity, **pair_set)
     tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), "fp32"), seed=2, dist=dist)
     with spy_gradients(phase1_module, flat=True) as grads:
         tr.run()
@@ -61,6 +63,7 @@ def main() -> None:
     dist = init_from_env("cpu")
     result = {"phase1": run_phase1, "phase2": run_phase2,
               "phase1_uniformity": lambda d: run_phase1(d, "uniformity"),
+              "phase1_uniformity_groups": lambda d: run_phase1(d, "uniformity", uniformity_group_size=4),
               "phase1_vicreg": lambda d: run_phase1(d, "vicreg")}[phase](dist)
     if dist.main:
         torch.save(result, out)

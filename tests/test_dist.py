@@ -28,7 +28,7 @@ def close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
 
 # batch-level objectives see the global batch on every rank (all-reduced contexts), so 2 ranks
 # equal 1 process for them too
-@pytest.mark.parametrize("phase", ["phase1", "phase2", "phase1_uniformity"])
+@pytest.mark.parametrize("phase", ["phase1", "phase2", "phase1_uniformity", "phase1_uniformity_groups"])
 def test_two_processes_equal_one(tmp_path, phase):
     one = run(tmp_path, phase, 1)
     two = run(tmp_path, phase, 2)

@@ -218,20 +218,21 @@ def test_every_objective_matches_reference_float64(diversity, batch_tokens, fuse
     assert last["div_loss"] == last["div_loss"]  # a number, not NaN
 
 
-def test_uniformity_with_anchors_matches_reference_float64(fuse):
-    """With fewer anchors than the batch's tokens the anchors are every ceil(b/K)-th context in
-    schedule order: the trainer's batch rows are in the reference's order, so the two agree."""
+@pytest.mark.parametrize("pair_set", [{"uniformity_anchors": 3}, {"uniformity_group_size": 3}])
+def test_uniformity_pair_sets_match_reference_float64(fuse, pair_set):
+    """With anchors or groups the pairs are picked by the rows' places in schedule order: the
+    trainer's batch rows are in the reference's order, so the two agree."""
     tr, m1, m2, ctx_fast, ref, g_fast, g_ref = run_both(
         "sample", 7, 3, torch.float64, lr=0.01, chunk_tokens=64 if fuse else 4, diversity="uniformity",
-        dist_reg_weight=0.7, uniformity_anchors=3)
+        dist_reg_weight=0.7, **pair_set)
     for ga, gb in zip(g_fast, g_ref):
         for a, b in zip(ga, gb):
             assert torch.allclose(a, b, atol=1e-9, rtol=1e-7), (a - b).abs().max()
     for p, q in zip(m1.parameters(), m2.parameters()):
         assert torch.allclose(p, q, atol=1e-9)
-    # and the anchors changed the run: all pairs train differently
+    # and the pair set changed the run: all pairs train differently
     _, m3, *_ = run_both("sample", 7, 3, torch.float64, lr=0.01, chunk_tokens=4, diversity="uniformity",
-                         dist_reg_weight=0.7, uniformity_anchors=0)
+                         dist_reg_weight=0.7)
     assert max(float((p - q).detach().abs().max()) for p, q in zip(m1.parameters(), m3.parameters())) > 1e-6
 
 
@@ -269,32 +270,45 @@ def test_every_objective_is_finite_on_a_one_token_batch(diversity):
     assert grad is None or bool(torch.isfinite(grad).all())
 
 
-def _plain_uniformity(c: torch.Tensor, t: float, anchors: int) -> torch.Tensor:
+def _plain_uniformity(c: torch.Tensor, t: float, anchors: int, group_size: int = 0) -> torch.Tensor:
     """The formula as written, left to autograd: log mean exp(-t ||z_i - z_j||^2) over the pairs
-    i != j, j in the anchors (every ceil(b/K)-th row; every row for K = 0)."""
+    i != j: j in the anchors (every ceil(b/K)-th row; every row for K = 0), or i and j in the
+    same one of ceil(b/K) groups, row i in group i mod ceil(b/K)."""
     b = c.shape[0]
     z = torch.nn.functional.normalize(c, dim=1)
     js = list(range(b)) if anchors == 0 or b <= anchors else list(range(0, b, math.ceil(b / anchors)))
-    pairs = [(i, j) for i in range(b) for j in js if i != j]
+    groups = 1 if group_size == 0 or b <= group_size else math.ceil(b / group_size)
+    pairs = [(i, j) for i in range(b) for j in js if i != j and i % groups == j % groups]
     d2 = torch.stack([(z[i] - z[j]).pow(2).sum() for i, j in pairs])
     return torch.logsumexp(-t * d2, 0) - math.log(len(pairs))
 
 
-@pytest.mark.parametrize("b,t,anchors", [(2, 2.0, 0), (9, 2.0, 0), (64, 2.0, 0), (40, 300.0, 0),
-                                         (9, 2.0, 4), (64, 2.0, 16), (10, 2.0, 2), (40, 300.0, 7)])
-def test_uniformity_hand_written_gradient_equals_autograd(b, t, anchors):
-    """uniformity's backward is written by hand (all pairs: one matmul, the score matrix being
-    symmetric); in float64 it is the plain formula's autograd gradient, with and without anchors,
-    also where exp would underflow."""
+@pytest.mark.parametrize("b,t,anchors,group_size", [
+    (2, 2.0, 0, 0), (9, 2.0, 0, 0), (64, 2.0, 0, 0), (40, 300.0, 0, 0),
+    (9, 2.0, 4, 0), (64, 2.0, 16, 0), (10, 2.0, 2, 0), (40, 300.0, 7, 0),
+    (9, 2.0, 0, 4), (64, 2.0, 0, 16), (10, 2.0, 0, 2), (3, 2.0, 0, 2), (40, 300.0, 0, 7), (7, 2.0, 0, 7)])
+def test_uniformity_hand_written_gradient_equals_autograd(b, t, anchors, group_size):
+    """uniformity's backward is written by hand (all pairs and groups: one matmul, the score
+    matrix being symmetric); in float64 it is the plain formula's autograd gradient, for every
+    pair, anchors and groups (uneven ones included), also where exp would underflow."""
     from newllm.cvfp.objectives import value_and_grad
     g = torch.Generator().manual_seed(b)
     c = (torch.randn(b, 12, generator=g, dtype=torch.float64) + 0.7).requires_grad_()
-    want = _plain_uniformity(c, t, anchors)
+    want = _plain_uniformity(c, t, anchors, group_size)
     (want_grad,) = torch.autograd.grad(want, c)
-    cfg = Phase1Config(uniformity_temperature=t, uniformity_anchors=anchors)
+    cfg = Phase1Config(uniformity_temperature=t, uniformity_anchors=anchors, uniformity_group_size=group_size)
     value, grad = value_and_grad("uniformity", c.detach(), c[0].detach(), cfg)
     assert value == pytest.approx(float(want.detach()), rel=1e-12)
     torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_uniformity_pair_sets_are_one_choice():
+    from newllm.config import from_dict
+    from newllm.errors import ConfigError
+    with pytest.raises(ConfigError, match="phase1.uniformity_group_size.*choose one"):
+        from_dict({"phase1": {"uniformity_anchors": 8, "uniformity_group_size": 8}}, sections=["phase1"])
+    with pytest.raises(ConfigError, match="phase1.uniformity_group_size.*at least 2"):
+        from_dict({"phase1": {"uniformity_group_size": 1}}, sections=["phase1"])
 
 
 def test_uniformity_matmuls_follow_a_bf16_run(monkeypatch):

@@ -169,6 +169,8 @@ class Phase1Config:
     uniformity_temperature: float = F(2.0, number(0, 1000, lo_open=True), "t of diversity: uniformity")
     uniformity_anchors: int = F(0, integer(0), "diversity: uniformity compares each context with this many "
                                 "of its batch's (every ceil(b/K)-th); 0 = every pair")
+    uniformity_group_size: int = F(0, integer(0), "diversity: uniformity takes the pairs within interleaved "
+                                   "groups of about this many contexts (ceil(b/K) groups); 0 = every pair")
     vicreg_variance_target: float = F(1.0, number(0, lo_open=True), "gamma of diversity: vicreg (target std per dim)")
     vicreg_cov_weight: float = F(0.04, number(0), "covariance weight of diversity: vicreg")
     centroid_weight: float = F(0.1, number(0), "weight of |mean(C)|^2 in diversity: origin_anchored")
@@ -184,6 +186,12 @@ class Phase1Config:
     def validate(self) -> None:
         if self.uniformity_anchors == 1:
             raise ConfigError("phase1.uniformity_anchors", 1, "0 (every pair) or at least 2")
+        if self.uniformity_group_size == 1:
+            raise ConfigError("phase1.uniformity_group_size", 1, "0 (every pair) or at least 2")
+        if self.uniformity_anchors and self.uniformity_group_size:
+            raise ConfigError("phase1.uniformity_group_size", self.uniformity_group_size,
+                              f"0 while phase1.uniformity_anchors is set ({self.uniformity_anchors}): "
+                              f"choose one pair set")
         if self.diversity in BATCH_LEVEL_OBJECTIVES and self.dist_reg_weight > 0:
             if self.batch_tokens == 1:
                 raise ConfigError("phase1.batch_tokens", self.batch_tokens,

@@ -52,39 +52,58 @@ def vicreg(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor
 
 
 class _Uniformity(torch.autograd.Function):
-    """``log mean exp(s * (z_i.z_a - 1))`` with ``z = c / ||c||``, over the pairs (row i, anchor a),
-    i != a; the anchors are every ``step``-th row (step 1: all rows). Hand-written backward
-    (tests check it against autograd): with all rows the score matrix is symmetric and the
-    gradient is ``2 s P z`` (P the pairs' softmax), one b x b matmul instead of autograd's two;
-    the normalisation's backward is folded in. The matmuls take autocast's dtype when it is on
-    (a bf16 run's), like the rest of the training step; scores, exp and sums stay fp32."""
+    """``log mean exp(s * (z_i.z_j - 1))`` with ``z = c / ||c||`` over a set of pairs i != j:
+    every pair (``step`` 1, ``groups`` 1); row i against the anchors, every ``step``-th row; or
+    every pair within ``groups`` interleaved groups (row i in group ``i mod groups``).
+    Hand-written backward (tests check it against autograd): where the pairs are symmetric
+    (all pairs, groups) the gradient is ``2 s P z`` (P the pairs' softmax), one matmul instead
+    of autograd's two; the normalisation's backward is folded in. The matmuls take autocast's
+    dtype when it is on (a bf16 run's), like the rest of the training step; scores, exp and
+    sums stay fp32."""
 
     @staticmethod
-    def forward(ctx, c: torch.Tensor, step: int, s: float) -> torch.Tensor:
-        b, dev = c.shape[0], c.device.type
+    def forward(ctx, c: torch.Tensor, step: int, groups: int, s: float) -> torch.Tensor:
+        b, d, dev = c.shape[0], c.shape[1], c.device.type
         mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else c.dtype
         with torch.autocast(dev, enabled=False):
             norm = torch.linalg.vector_norm(c, dim=1, keepdim=True).clamp_min_(1e-12)
             z = c / norm
             zm = z.to(mm_dtype)
-            za = zm[::step]
-            k = za.shape[0]
-            e = torch.mm(zm, za.T).to(c.dtype).mul_(s)  # b x k scores
-            e.view(-1)[:: step * k + 1].fill_(float("-inf"))  # anchor j is row j * step: not its own pair
-            m = e.max()  # <= s; the shift keeps exp finite for any temperature
-            e.sub_(m).exp_()
+            if groups > 1:
+                # pad to groups x m rows; row r * groups + g is member r of group g
+                m = -(-b // groups)
+                zg = F.pad(zm, (0, 0, 0, groups * m - b)).view(m, groups, d).transpose(0, 1).contiguous()
+                e = torch.bmm(zg, zg.transpose(1, 2)).to(c.dtype).mul_(s)  # groups x m x m scores
+                valid = (torch.arange(groups * m, device=c.device) < b).view(m, groups).T
+                keep = valid[:, :, None] & valid[:, None, :]
+                keep &= ~torch.eye(m, dtype=torch.bool, device=c.device)
+                e.masked_fill_(~keep, float("-inf"))
+                sizes = valid.sum(1)
+                pairs = int((sizes * (sizes - 1)).sum())
+                zm = zg
+            else:
+                za = zm[::step]
+                k = za.shape[0]
+                e = torch.mm(zm, za.T).to(c.dtype).mul_(s)  # b x k scores
+                e.view(-1)[:: step * k + 1].fill_(float("-inf"))  # anchor j is row j * step: not its own pair
+                pairs = b * k - k
+            mx = e.max()  # <= s; the shift keeps exp finite for any temperature
+            e.sub_(mx).exp_()
             total = e.sum()
         ctx.save_for_backward(z, zm, norm, e, total)
-        ctx.step, ctx.s = step, s
-        return m - s + total.log() - math.log(b * k - k)
+        ctx.step, ctx.groups, ctx.s = step, groups, s
+        return mx - s + total.log() - math.log(pairs)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         z, zm, norm, e, total = ctx.saved_tensors
-        step = ctx.step
+        step, groups = ctx.step, ctx.groups
+        b, d = z.shape
         with torch.autocast(z.device.type, enabled=False):
             em = e.to(zm.dtype)
-            if step == 1:
+            if groups > 1:  # zm holds the padded groups (groups x m x d)
+                gz = torch.bmm(em, zm).transpose(0, 1).reshape(-1, d)[:b].to(z.dtype).mul_(2.0)
+            elif step == 1:
                 gz = torch.mm(em, zm).to(z.dtype).mul_(2.0)
             else:  # rows against anchors, plus each anchor against the rows
                 gz = torch.mm(em, zm[::step]).to(z.dtype)
@@ -92,21 +111,26 @@ class _Uniformity(torch.autograd.Function):
             gz.mul_(grad_out * ctx.s / total)
             # through z = c / |c|: (gz - z (z . gz)) / |c|
             gz.sub_(z * (z * gz).sum(1, keepdim=True)).div_(norm)
-        return gz, None, None
+        return gz, None, None, None
 
 
 def uniformity(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
     """Wang & Isola's uniformity: ``log mean_{i != j} exp(-t ||z_i - z_j||^2)`` with ``z = c/||c||``
     (lowest when the directions spread evenly over the sphere). For unit vectors
-    ``-t ||z_i - z_j||^2 = 2t (z_i.z_j - 1)``: a matmul and a log-sum-exp. With
-    ``uniformity_anchors`` K > 0 and a batch of b > K, j runs over K anchors only, every
-    ceil(b/K)-th context of the batch in schedule order: O(b K d) per batch instead of O(b^2 d);
-    the anchors then get most of the push (docs/results.md). K = 0, the default: every pair."""
-    b, k = c.shape[0], cfg.uniformity_anchors
+    ``-t ||z_i - z_j||^2 = 2t (z_i.z_j - 1)``: a matmul and a log-sum-exp. Every pair costs
+    O(b^2 d) per batch; two cheaper pair sets, O(b K d), for a batch of b > K contexts (in
+    schedule order):
+    ``uniformity_group_size`` K: every pair within ceil(b/K) interleaved groups (context i in
+    group i mod ceil(b/K)), so every context has the same number of partners;
+    ``uniformity_anchors`` K: j runs over K anchors, every ceil(b/K)-th context, which then get
+    most of the push (docs/results.md). Both 0, the default: every pair."""
+    b = c.shape[0]
     if b < 2:  # no pairs (a pass's last batch can hold one token)
         return c.sum() * 0.0
+    k, g = cfg.uniformity_anchors, cfg.uniformity_group_size
     step = 1 if k == 0 or b <= k else -(-b // k)
-    return _Uniformity.apply(c, step, 2.0 * cfg.uniformity_temperature)
+    groups = 1 if g == 0 or b <= g else -(-b // g)
+    return _Uniformity.apply(c, step, groups, 2.0 * cfg.uniformity_temperature)
 
 
 def _singular_values(c: torch.Tensor) -> torch.Tensor:
