@@ -4,7 +4,7 @@ training step. Prints, for B contexts of width d: the objective's value-and-grad
 time of one fused training batch of the model (scan + backward + Adam step) at 1 and 6 layers,
 so the overhead is the ratio. Median of ``--repeats``. Not a test: it prints what it measured.
 
-    python bench/bench_objectives.py                      # B 1024, d 768, 2 threads
+    python bench/bench_objectives.py                      # B = phase1.batch_tokens, d 768
     python bench/bench_objectives.py --batch 4096 --dim 768
 """
 from __future__ import annotations
@@ -48,15 +48,17 @@ def batch_step_time(batch: int, dim: int, layers: int, precision: str, repeats: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=Phase1Config().batch_tokens)
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--anchors", type=int, default=Phase1Config().uniformity_anchors,
-                    help="phase1.uniformity_anchors (0: every pair)")
+                    help="phase1.uniformity_anchors (0: every pair; K > 0 sets the group size to 0)")
     ap.add_argument("--group-size", type=int, default=Phase1Config().uniformity_group_size,
                     help="phase1.uniformity_group_size (0: every pair)")
     args = ap.parse_args()
+    if args.anchors:  # one pair set at a time
+        args.group_size = 0
     g = torch.Generator().manual_seed(0)
     c = torch.nn.functional.layer_norm(torch.randn(args.batch, args.dim, generator=g), (args.dim,))
     mu = c.mean(0)

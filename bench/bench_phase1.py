@@ -97,10 +97,12 @@ def main() -> None:
     ap.add_argument("--diversity", choices=DIVERSITY_OBJECTIVES, default=Phase1Config().diversity,
                     help="the objective of the batched run (none: the pass without one, for its cost)")
     ap.add_argument("--anchors", type=int, default=Phase1Config().uniformity_anchors,
-                    help="phase1.uniformity_anchors (0: every pair)")
+                    help="phase1.uniformity_anchors (0: every pair; K > 0 sets the group size to 0)")
     ap.add_argument("--group-size", type=int, default=Phase1Config().uniformity_group_size,
                     help="phase1.uniformity_group_size (0: every pair)")
     args = ap.parse_args()
+    if args.anchors:  # one pair set at a time
+        args.group_size = 0
     logging.basicConfig(level=logging.WARNING)
     mcfg = ModelConfig(context_dim=args.context_dim, embed_dim=args.context_dim, num_layers=args.layers)
     train, _ = chat_tokens(args.samples, max_seq_length=args.max_seq_length)

@@ -34,7 +34,7 @@ def run_phase1(dist, diversity: str = "ema_distance", **pair_set) -> dict:
     model = build_model(TINY, seed=1)
     # uniformity with 4 anchors in 10-token batches: every 3rd context of the *global* batch;
     # or groups of 4: 3 interleaved groups of the global batch
-    pair_set = pair_set or {"uniformity_anchors": 4}
+    pair_set = pair_set or {"uniformity_anchors": 4, "uniformity_group_size": 0}
     cfg = Phase1Config(max_iterations=3, batch_tokens=10, chunk_tokens=3, min_converged_ratio=1.0,
                        diversity=diversity, **pair_set)
     tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), "fp32"), seed=2, dist=dist)

@@ -218,7 +218,8 @@ def test_every_objective_matches_reference_float64(diversity, batch_tokens, fuse
     assert last["div_loss"] == last["div_loss"]  # a number, not NaN
 
 
-@pytest.mark.parametrize("pair_set", [{"uniformity_anchors": 3}, {"uniformity_group_size": 3}])
+@pytest.mark.parametrize("pair_set", [{"uniformity_anchors": 3, "uniformity_group_size": 0},
+                                      {"uniformity_group_size": 3}])
 def test_uniformity_pair_sets_match_reference_float64(fuse, pair_set):
     """With anchors or groups the pairs are picked by the rows' places in schedule order: the
     trainer's batch rows are in the reference's order, so the two agree."""
@@ -232,7 +233,7 @@ def test_uniformity_pair_sets_match_reference_float64(fuse, pair_set):
         assert torch.allclose(p, q, atol=1e-9)
     # and the pair set changed the run: all pairs train differently
     _, m3, *_ = run_both("sample", 7, 3, torch.float64, lr=0.01, chunk_tokens=4, diversity="uniformity",
-                         dist_reg_weight=0.7)
+                         dist_reg_weight=0.7, uniformity_group_size=0)
     assert max(float((p - q).detach().abs().max()) for p, q in zip(m1.parameters(), m3.parameters())) > 1e-6
 
 

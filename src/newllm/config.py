@@ -169,7 +169,7 @@ class Phase1Config:
     uniformity_temperature: float = F(2.0, number(0, 1000, lo_open=True), "t of diversity: uniformity")
     uniformity_anchors: int = F(0, integer(0), "diversity: uniformity compares each context with this many "
                                 "of its batch's (every ceil(b/K)-th); 0 = every pair")
-    uniformity_group_size: int = F(0, integer(0), "diversity: uniformity takes the pairs within interleaved "
+    uniformity_group_size: int = F(256, integer(0), "diversity: uniformity takes the pairs within interleaved "
                                    "groups of about this many contexts (ceil(b/K) groups); 0 = every pair")
     vicreg_variance_target: float = F(1.0, number(0, lo_open=True), "gamma of diversity: vicreg (target std per dim)")
     vicreg_cov_weight: float = F(0.04, number(0), "covariance weight of diversity: vicreg")
@@ -178,7 +178,7 @@ class Phase1Config:
     ema_momentum: float = F(0.99, number(0, 1, hi_open=True), "momentum of the context EMA mu")
     convergence_threshold: float = F(0.05, number(0, lo_open=True), "per-token MSE below which it converged")
     min_converged_ratio: float = F(0.95, number(0, 1), "early stop when this fraction converged")
-    batch_tokens: int = F(1024, integer(0), "tokens per optimizer step; 1 = original online; 0 = one step per pass")
+    batch_tokens: int = F(512, integer(0), "tokens per optimizer step; 1 = original online; 0 = one step per pass")
     chunk_tokens: int = F(8192, integer(1), "tokens per forward/backward chunk (bounds memory)")
     gradient_clip: float = F(1.0, number(0, lo_open=True), "gradient-norm clip")
     checkpoint_every: int = F(1, integer(1), "rolling resume checkpoint every N passes")
