@@ -67,6 +67,26 @@ def test_autocast_and_scaler_follow_the_precision(precision, dtype):
     assert (rt.grad_scaler() is not None) == (precision == "fp16")
 
 
+CPU_FLAGS = {"bf16": ("amx_tile", "avx512_bf16"), "fp16": ("amx_fp16",)}  # /proc/cpuinfo's names
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_half_precision_on_a_cpu_without_its_instructions_warns(precision, caplog):
+    """bf16/fp16 on a CPU that has no matrix instructions for them is emulated (on an AVX2-only
+    CPU, docs/colab.md): the stage says so and names fp32. Judged by the kernel's CPU flags."""
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        pytest.skip("no /proc/cpuinfo to read the CPU flags from")
+    flags = set(next(line for line in info.read_text().splitlines() if line.startswith("flags")).split())
+    native = precision == "fp32" or any(f in flags for f in CPU_FLAGS[precision])
+    caplog.set_level("INFO")
+    Runtime.from_config(RuntimeConfig(device="cpu", precision=precision))
+    warned = "runtime.precision = " in caplog.text
+    assert warned == (not native), (sorted(flags & {"amx_tile", "amx_fp16", "avx512_bf16", "avx2"}), caplog.text)
+    if warned:
+        assert "runtime.precision: fp32 is the fast choice" in caplog.text
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_phase1_trains_in_mixed_precision(precision):
     from newllm.config import ModelConfig

@@ -33,6 +33,12 @@ class Runtime:
         log.info("device %s%s, precision %s, %d CPU threads", name,
                  f" ({torch.cuda.get_device_name(0)})" if name == "cuda" else "", cfg.precision,
                  torch.get_num_threads())
+        if name == "cpu" and cfg.precision != "fp32" and not cpu_has_native(cfg.precision):
+            log.warning("runtime.precision = %r on a CPU without %s matrix instructions (%s): torch "
+                        "emulates them, which can make every matmul many times slower than fp32 "
+                        "(docs/colab.md, \"GPU, mixed precision, memory\"); runtime.precision: fp32 "
+                        "is the fast choice on this CPU", cfg.precision, cfg.precision,
+                        " or ".join(NATIVE_HALF[cfg.precision]))
         return rt
 
     @property
@@ -50,6 +56,23 @@ class Runtime:
         if self.precision != "fp16":
             return None
         return torch.amp.GradScaler(self.device.type)
+
+
+# The CPU features (torch.cpu._is_<name>_supported) with which oneDNN runs bf16/fp16 matmuls in
+# hardware; without any of them torch falls back to a slow emulation.
+NATIVE_HALF = {"bf16": ("amx_tile", "avx512_bf16"), "fp16": ("amx_fp16",)}
+
+
+def cpu_has_native(precision: str) -> bool:
+    """Whether this CPU has matrix instructions for ``precision`` (always True for fp32). Reads
+    torch's private CPU probes; a torch without them is taken to have the instructions (no
+    warning rather than a false one)."""
+    if precision == "fp32":
+        return True
+    probes = [getattr(torch.cpu, f"_is_{n}_supported", None) for n in NATIVE_HALF[precision]]
+    if any(p is None for p in probes):
+        return True
+    return any(p() for p in probes)
 
 
 def device_type(cfg: RuntimeConfig) -> str:
