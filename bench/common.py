@@ -43,7 +43,8 @@ def chat_tokens(num_samples: int, val_fraction: float = 0.2, max_seq_length: int
     (jsonl source, offline GPT-2 tokenizer); random ids when the file is absent."""
     from newllm.config import DataConfig
     from newllm.data.fetch import fetch_local
-    from newllm.data.tokenize import build_tokenizer, conversation_text, tokenize_texts
+    from newllm.data.tokenize import conversation_text, tokenize_texts
+    from newllm.data.tokenizer import build_tokenizer
     from newllm.data.tokens import TokenSet
 
     if not CHAT_SAMPLE.exists():

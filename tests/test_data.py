@@ -19,7 +19,7 @@ from conftest import ROOT
 from toy import from_lists
 
 from newllm.config import from_dict
-from newllm.data import fetch, tokenize
+from newllm.data import fetch, tokenize, tokenizer
 from newllm.data.tokens import load_token_set
 from newllm.errors import DataError
 from newllm.stages import fetch_ultrachat, tokenize_cache
@@ -27,7 +27,7 @@ from newllm.stages import fetch_ultrachat, tokenize_cache
 
 @pytest.fixture(scope="module")
 def tok():
-    return tokenize.build_tokenizer("gpt2-offline")
+    return tokenizer.build_tokenizer("gpt2-offline")
 
 
 def data_cfg(seed: int = 0, **data):
@@ -77,24 +77,24 @@ def test_decode_gives_back_the_exact_text(tok, text):
 
 
 def test_saved_tokenizer_loads_offline_with_same_ids(tok, tmp_path):
-    path = tokenize.save_tokenizer(tok, tmp_path / "tokenizer")
+    path = tokenizer.save_tokenizer(tok, tmp_path / "tokenizer")
     text = "Hello world\n The quick brown fox. 日本 🙂"
     for where in (tmp_path / "tokenizer", path):
-        assert tokenize.load_tokenizer(where).encode(text).ids == tok.encode(text).ids
+        assert tokenizer.load_tokenizer(where).encode(text).ids == tok.encode(text).ids
 
 
 def test_load_tokenizer_missing_or_corrupt(tmp_path):
     with pytest.raises(DataError, match="missing"):
-        tokenize.load_tokenizer(tmp_path)
+        tokenizer.load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(DataError, match="unreadable"):
-        tokenize.load_tokenizer(tmp_path)
+        tokenizer.load_tokenizer(tmp_path)
 
 
 def test_hub_tokenizer_offline_names_the_offline_one():
     # conftest sets HF_HUB_OFFLINE=1
     with pytest.raises(DataError, match="data.tokenizer: gpt2-offline"):
-        tokenize.build_tokenizer("gpt2")
+        tokenizer.build_tokenizer("gpt2")
 
 
 # ---------------------------------------------------------------------------
@@ -246,6 +246,20 @@ def test_hub_unreachable_stage_fails_fast_naming_alternatives(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_fetch_stage_runs_without_torch(tmp_path):
+    """The first stage of every run (and of every test pipeline) skips torch's import: it only
+    reads, cleans and counts tokens."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"source": "chatterbot", "num_samples": 4,
+                                                                   "max_seq_length": 32}}))
+    probe = ("import runpy, sys; sys.argv = ['fetch_ultrachat.py']\n"
+             f"try:\n    runpy.run_path({str(ROOT / 'stages' / 'fetch_ultrachat.py')!r}, run_name='__main__')\n"
+             "finally:\n    print('torch imported:', 'torch' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "torch imported: False" in p.stdout
+    assert json.loads((tmp_path / "metrics/fetch.json").read_text())["train_rows"] > 0
+
+
 # ---------------------------------------------------------------------------
 # tokenize_cache
 
@@ -268,7 +282,7 @@ def test_exact_tokens_and_metrics(tmp_path):
     assert m["val"] == {"samples": 1, "tokens": 4, "short_samples": 0, "unseen_type_frac": 1.0}
     assert (m["vocab_size"], m["source"], m["tokenizer"]) == (50257, "jsonl", "gpt2-offline")
     assert m["skipped_rows"] == {"total": 0}  # the bad row comes after the rows needed
-    assert tokenize.load_tokenizer(tmp_path / "tokenizer").encode("Hello world").ids == [15496, 995]
+    assert tokenizer.load_tokenizer(tmp_path / "tokenizer").encode("Hello world").ids == [15496, 995]
 
 
 def test_unseen_type_frac():

@@ -320,7 +320,7 @@ def test_mixed_precision_runs(precision):
 
 
 def gpt2_tokenizer():
-    from newllm.data.tokenize import build_tokenizer
+    from newllm.data.tokenizer import build_tokenizer
     return build_tokenizer("gpt2-offline")
 
 

@@ -20,7 +20,7 @@ import torch
 
 from newllm.config import from_dict
 from newllm.cvfp.model import CVFPModel, load_model_state
-from newllm.data.tokenize import END_OF_TEXT, load_tokenizer
+from newllm.data.tokenizer import END_OF_TEXT, load_tokenizer
 from newllm.errors import CheckpointError, ConfigError, DataError, NewLLMError
 from newllm.io import torch_load
 

@@ -14,8 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from newllm.errors import CheckpointError
 
 _UMASK = os.umask(0)
@@ -84,11 +82,15 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` streamed into the temp file: no in-memory copy of the serialized bytes
     (an in-memory buffer plus its ``getvalue()`` cost twice the file's size in RAM: 1.2 GB for
     the Phase 1 contexts at 100k tokens)."""
+    import torch  # here, not at the top: the fetch stage uses this module without torch
+
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
     """Load with ``weights_only=True``; any failure becomes a CheckpointError naming the file."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{what} {path} is missing: run the stage that produces it (dvc repro)")
@@ -145,6 +147,8 @@ def sha256_file(path: str | Path) -> str:
 
 def state_dict_digest(state: dict) -> str:
     """Hash of tensor contents (order-independent of pickling details)."""
+    import torch
+
     h = hashlib.sha256()
     for k in sorted(state):
         t = state[k]

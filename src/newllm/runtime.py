@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
-import sys
 import time
 from dataclasses import dataclass
 
@@ -12,6 +10,7 @@ import torch
 
 from newllm.config import RuntimeConfig
 from newllm.errors import NewLLMError
+from newllm.memory import peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +84,6 @@ def check_device(cfg: RuntimeConfig) -> None:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise NewLLMError("runtime.device = 'cuda' but no CUDA GPU is visible to torch; "
                           "use runtime.device: auto or cpu")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports KB)."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(kb / 1024.0 if sys.platform != "darwin" else kb / 2**20, 1)
 
 
 def peak_memory(device: torch.device) -> dict:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator
 import yaml
 
 from newllm.config import DataConfig
-from newllm.data.tokenize import build_tokenizer
+from newllm.data.tokenizer import build_tokenizer
 from newllm.errors import DataError
 from newllm.io import atomic_write_json, atomic_write_text
 

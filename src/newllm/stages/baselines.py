@@ -13,7 +13,7 @@ from newllm.config import STAGE_SECTIONS, Config
 from newllm.data.tokens import load_token_set
 from newllm.errors import DataError
 from newllm.io import atomic_write_json, read_json
-from newllm.runtime import peak_rss_mb
+from newllm.memory import peak_rss_mb
 
 log = logging.getLogger(__name__)
 SECTIONS = STAGE_SECTIONS["baselines"]

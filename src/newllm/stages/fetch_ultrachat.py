@@ -17,7 +17,7 @@ def run(cfg: Config, out_dir: Path = paths.RAW_TRAIN.parent,
         metrics_path: Path = paths.FETCH_METRICS) -> RawData:
     """Fetch and write ``out_dir``; ``metrics_path`` gets the counts, wall time and peak RSS
     (kept out of ``data/raw`` so that the DVC output stays a pure function of the params)."""
-    from newllm.runtime import peak_rss_mb
+    from newllm.memory import peak_rss_mb
 
     t0 = time.perf_counter()
     data = fetch(cfg.data, cfg.seed)

@@ -8,15 +8,8 @@ from typing import Any
 
 from newllm import paths
 from newllm.config import STAGE_SECTIONS, Config
-from newllm.data.tokenize import (
-    build_tokenizer,
-    conversation_text,
-    read_rows,
-    save_tokenizer,
-    split_metrics,
-    tokenize_texts,
-    unseen_type_frac,
-)
+from newllm.data.tokenize import conversation_text, read_rows, split_metrics, tokenize_texts, unseen_type_frac
+from newllm.data.tokenizer import build_tokenizer, save_tokenizer
 from newllm.data.tokens import save_token_set
 from newllm.errors import DataError
 from newllm.io import atomic_write_json, read_json
@@ -28,7 +21,7 @@ def run(cfg: Config, raw_dir: Path = paths.RAW_TRAIN.parent,
         tokens_dir: Path = paths.TOKENS_TRAIN.parent, tokenizer_dir: Path = paths.TOKENIZER_DIR,
         metrics_path: Path = paths.DATA_METRICS) -> dict[str, Any]:
     """Tokenize ``raw_dir``'s conversations; returns the metrics it writes."""
-    from newllm.runtime import peak_rss_mb
+    from newllm.memory import peak_rss_mb
 
     t0 = time.perf_counter()
     fetch_info = read_json(raw_dir / "fetch_info.json", "fetch info")
