@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-"$NEWLLM_PY" -m pytest -q -n 2 --durations=15 -rs "$@"
+"$NEWLLM_PY" -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 -rs "$@"

@@ -94,17 +94,23 @@ def make_dvc_repo(path: Path, params_update: dict | None = None) -> DvcRepo:
     repo.run("git", "config", "user.email", "test@example.com")
     repo.run("git", "config", "user.name", "test")
     repo.dvc("init", "-q")
-    repo.dvc("config", "core.autostage", "true")
-    repo.dvc("config", "core.analytics", "false")
+    # what `dvc config core.autostage true` and `core.analytics false` write, without two more
+    # DVC processes per repository
+    with (path / ".dvc" / "config").open("a") as f:
+        f.write("[core]\n    autostage = true\n    analytics = false\n")
     repo.set_params(deep_update(TINY_PARAMS, params_update or {}))
     repo.commit("init")
     return repo
 
 
 def pytest_collection_modifyitems(config, items):
-    """``gpu`` tests run only where torch sees a CUDA device (scripts/test.sh runs them there)."""
+    """The files with real-pipeline tests (``slow``) go first: scripts/test.sh hands whole files
+    to the two workers in this order (``--dist loadfile --no-loadscope-reorder``), so both start
+    on the long ones and the short files fill in after (no lone long test at the end). ``gpu``
+    tests run only where torch sees a CUDA device (scripts/test.sh runs them there)."""
     import torch
 
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine "

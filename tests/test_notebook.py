@@ -7,6 +7,7 @@ import json
 import time
 
 import nbformat
+import pytest
 from conftest import ROOT, DvcRepo, make_dvc_repo
 from nbclient import NotebookClient
 
@@ -34,6 +35,7 @@ def output_text(nb) -> str:
     return "".join(parts)
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom_and_a_new_session_restores_from_drive(tmp_path, monkeypatch):
     nbformat.validate(nbformat.read(NOTEBOOK, as_version=4))
     repo = make_dvc_repo(tmp_path / "content" / "new-llm")

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 ALL = ["fetch_ultrachat", "tokenize_cache", "baselines", "phase1_fixed_point", "validate_rank", "phase2_lm",
        "transformer_lm", "report"]
 HEADLINE = ["passed", "train_er", "val_er", "train_er0", "final_diff", "val_ppl", "kn3_ppl", "tf_ppl", "minutes"]
 
 
+@pytest.mark.slow
 def test_whole_chain_rerun_rules_and_metrics_diff(dvc_repo):
     repo = dvc_repo
     out = repo.repro().stdout

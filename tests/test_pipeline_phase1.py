@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from newllm.io import torch_load
 
 
+@pytest.mark.slow
 def test_phase1_and_validate_stages_and_rerun_rules(dvc_repo):
     repo = dvc_repo
     out = repo.repro("validate_rank").stdout
@@ -47,6 +50,7 @@ def test_phase1_and_validate_stages_and_rerun_rules(dvc_repo):
     # what a phase1 param re-runs: tests/test_pipeline_chain.py
 
 
+@pytest.mark.slow
 def test_enforced_failed_verdict_stops_the_stage(dvc_repo):
     repo = dvc_repo
     repo.set_params({"validate": {"enforce": True, "max_final_diff": 0.0, "min_train_er_pct": 100.0}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 from conftest import DvcRepo
 
@@ -20,6 +21,7 @@ def files(d) -> dict:
     return {rel: sha256_file(d / rel) for rel in CACHED}
 
 
+@pytest.mark.slow
 def test_push_wipe_pull_restores_everything(dvc_repo, tmp_path):
     repo = dvc_repo
     repo.repro()

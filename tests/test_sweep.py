@@ -126,6 +126,7 @@ def test_sweep_refuses_existing_names_and_reports_failures(tmp_path, monkeypatch
     assert (tmp_path / "out/scales.html").exists()
 
 
+@pytest.mark.slow
 def test_sweep_as_experiments_metrics_diff_and_comparison(dvc_repo):
     repo = dvc_repo
     p = repo.run(sys.executable, "-m", "newllm.sweep", "-S", "phase1.diversity=ema_distance,uniformity",
