@@ -32,7 +32,7 @@ class Runtime:
         log.info("device %s%s, precision %s, %d CPU threads", name,
                  f" ({torch.cuda.get_device_name(0)})" if name == "cuda" else "", cfg.precision,
                  torch.get_num_threads())
-        if name == "cpu" and cfg.precision != "fp32" and not cpu_has_native(cfg.precision):
+        if name == "cpu" and not cpu_has_native(cfg.precision):
             log.warning("runtime.precision = %r on a CPU without %s matrix instructions (%s): torch "
                         "emulates them, which can make every matmul many times slower than fp32 "
                         "(docs/colab.md, \"GPU, mixed precision, memory\"); runtime.precision: fp32 "
