@@ -3,6 +3,7 @@ distribution sums to one, every baseline scores exactly Phase 2's pairs, and the
 is causal, learns, and resumes exactly."""
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter, defaultdict
 
@@ -134,6 +135,31 @@ def _trainer(epochs: int, **cfg) -> TransformerTrainer:
     model = TransformerLM(25, 16, 1, 2, 4, 12, c.dropout, c.tie_embeddings, seed=1)
     return TransformerTrainer(model, sequences(tr.tokens, tr.offsets, "sample", 12),
                               sequences(va.tokens, va.offsets, "sample", 12), c, CPU, seed=5)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_transformer_step_gradients_equal_plain_autograd(tie):
+    """The trainer's fused head (chunked, into reused buffers) and its embedding lookup give the
+    gradients of ``F.cross_entropy`` over the plain model, step after step (the buffers are
+    reused, not stale), tied and untied."""
+    from torch.nn import functional as Fn
+
+    tr = _trainer(1, tie_embeddings=tie, dropout=0.0)
+    plain = copy.deepcopy(tr.model)
+    for step in range(3):
+        x, y = tr.train_x[3 * step:3 * step + 3], tr.train_y[3 * step:3 * step + 3]
+        n = int((y >= 0).sum())
+        tr.opt.zero_grad(set_to_none=step == 0)
+        tr._loss_backward(x, y, n)
+        plain.zero_grad(set_to_none=True)
+        logits = plain.head(plain.features(x))
+        (Fn.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum") / n).backward()
+        got, want = dict(tr.model.named_parameters()), dict(plain.named_parameters())
+        assert got.keys() == want.keys()
+        for k in got:
+            assert torch.allclose(got[k].grad, want[k].grad, rtol=1e-4, atol=1e-6), (step, k)
+        tr._step(0)
+        plain.load_state_dict(tr.model.state_dict())
 
 
 def test_transformer_learns_and_resumes_exactly():

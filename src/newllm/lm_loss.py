@@ -1,7 +1,8 @@
 """The next-token loss of every language model here (CVFP's Phase 2 and the transformer
 baseline): a head ``h W^T + b`` fused with the cross-entropy so that the chunk x vocabulary
-logits exist once (``LinearCrossEntropy``), the same blocks for evaluation (``ce_rows``), and
-the optimizer and allocator settings both trainers share."""
+logits exist once (``LinearCrossEntropy``), the same blocks for evaluation (``ce_rows``), the
+embedding lookup whose gradient reuses a buffer (``GatherRows``), and the optimizer and
+allocator settings both trainers share."""
 from __future__ import annotations
 
 import ctypes
@@ -65,11 +66,14 @@ class LinearCrossEntropy(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 gh = (g @ wc).to(h_dt).mul_(grad_loss.to(h_dt))
             if ctx.needs_input_grad[1]:
+                shape = (g.shape[1], hc.shape[1])
                 if ws is None:
                     gw = (g.t() @ hc).to(w_dt).mul_(grad_loss.to(w_dt))
+                elif g.dtype == w_dt:  # fp32: scale the (n, d) input, not the (V, d) product
+                    gw = torch.mm(g.t(), hc * grad_loss.to(w_dt), out=ws.held("grad_weight_out", shape, w_dt, g.device))
                 else:
-                    gw_c = torch.mm(g.t(), hc, out=ws.get("grad_weight", (g.shape[1], hc.shape[1]), g.dtype, g.device))
-                    gw = ws.held("grad_weight_out", gw_c.shape, w_dt, g.device)
+                    gw_c = torch.mm(g.t(), hc, out=ws.get("grad_weight", shape, g.dtype, g.device))
+                    gw = ws.held("grad_weight_out", shape, w_dt, g.device)
                     gw.copy_(gw_c).mul_(grad_loss.to(w_dt))
             if ctx.needs_input_grad[2]:  # column sum as a matmul: 12x faster than a dim-0 sum
                 ones = torch.ones(1, g.shape[0], dtype=g.dtype, device=g.device)
@@ -108,6 +112,26 @@ class HeadWorkspace:
         self._bufs.clear()
         self._held.clear()
         self.busy = False
+
+
+class GatherRows(torch.autograd.Function):
+    """``weight[idx]`` (the embedding lookup) whose weight gradient goes into a reused dense
+    buffer of the workspace (zeroed, then ``index_add_``) instead of the fresh ``V x d``
+    tensor ``nn.Embedding``'s backward allocates (and page-faults in) at every call."""
+
+    @staticmethod
+    def forward(ctx, weight, idx, ws):
+        ctx.save_for_backward(idx)
+        ctx.meta = (tuple(weight.shape), weight.dtype, weight.device, ws)
+        return weight.index_select(0, idx)
+
+    @staticmethod
+    def backward(ctx, g):
+        (idx,) = ctx.saved_tensors
+        shape, dtype, device, ws = ctx.meta
+        gw = ws.held("grad_embed", shape, dtype, device).zero_()
+        gw.index_add_(0, idx, g.to(dtype))
+        return gw, None, None
 
 
 def head_logits(h: torch.Tensor, w: torch.Tensor, ws: HeadWorkspace | None = None) -> torch.Tensor:

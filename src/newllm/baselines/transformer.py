@@ -28,6 +28,7 @@ from newllm.config import TransformerConfig
 from newllm.errors import NumericalError
 from newllm.lm_loss import (
     HALF,
+    GatherRows,
     HeadWorkspace,
     LinearCrossEntropy,
     ce_rows,
@@ -84,10 +85,15 @@ class TransformerLM(nn.Module):
         if tie:
             self.head.weight = self.embed.weight
 
-    def features(self, idx: torch.Tensor) -> torch.Tensor:
-        """(S, T) token ids -> (S, T, d) final hidden states (causal: position t sees 0..t)."""
+    def features(self, idx: torch.Tensor, ws: HeadWorkspace | None = None) -> torch.Tensor:
+        """(S, T) token ids -> (S, T, d) final hidden states (causal: position t sees 0..t).
+        With a workspace, the token embedding's gradient goes into its reused buffer."""
         t = idx.shape[1]
-        x = self.drop(self.embed(idx) + self.pos(torch.arange(t, device=idx.device)))
+        if ws is not None and torch.is_grad_enabled() and self.embed.weight.requires_grad:
+            tok = GatherRows.apply(self.embed.weight, idx.reshape(-1), ws).view(*idx.shape, -1)
+        else:
+            tok = self.embed(idx)
+        x = self.drop(tok + self.pos(torch.arange(t, device=idx.device)))
         mask = nn.Transformer.generate_square_subsequent_mask(t, device=idx.device)
         return self.ln_f(self.blocks(x, mask=mask, is_causal=True))
 
@@ -182,7 +188,7 @@ class TransformerTrainer:
         features (one backward through the blocks at the end). Returns the summed CE."""
         cd = HALF.get(self.rt.precision)
         with self.rt.autocast():
-            h = self.model.features(x)
+            h = self.model.features(x, self.ws)
         rows = torch.nonzero((y >= 0).flatten()).squeeze(1)
         flat = h.reshape(-1, h.shape[-1])
         h_det = flat.detach().requires_grad_()

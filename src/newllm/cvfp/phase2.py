@@ -61,6 +61,7 @@ from newllm.dist import SINGLE, Dist
 from newllm.errors import NumericalError
 from newllm.lm_loss import (
     HALF,
+    GatherRows,
     HeadWorkspace,
     LinearCrossEntropy,
     ce_rows,
@@ -76,25 +77,6 @@ log = logging.getLogger(__name__)
 SCAN_RANGE = 8192          # tokens per no-grad scan call for validation / frozen features
 HEAD_SEED_OFFSET = 1_000_000_007  # the fresh context head: Generator seeded with seed + this
 NOISE_SEED_OFFSET = 2_000_000_011  # phase2.context_noise_std: Phase 1's noise blocks, seed + this, pass = epoch
-
-
-class GatherRows(torch.autograd.Function):
-    """``weight[idx]`` (the embedding lookup) whose weight gradient goes into a reused dense
-    buffer (zeroed, then ``index_add_``) instead of a fresh ``V x d`` tensor per chunk."""
-
-    @staticmethod
-    def forward(ctx, weight, idx, ws):
-        ctx.save_for_backward(idx)
-        ctx.meta = (tuple(weight.shape), weight.dtype, weight.device, ws)
-        return weight.index_select(0, idx)
-
-    @staticmethod
-    def backward(ctx, g):
-        (idx,) = ctx.saved_tensors
-        shape, dtype, device, ws = ctx.meta
-        gw = ws.held("grad_embed", shape, dtype, device).zero_()
-        gw.index_add_(0, idx, g.to(dtype))
-        return gw, None, None
 
 
 def prepare_head(model: CVFPModel, predict_from: str, seed: int) -> CVFPModel:
