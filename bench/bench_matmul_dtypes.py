@@ -7,24 +7,18 @@ probes behind the stage's warning, newllm.runtime.cpu_has_native). Not a test.
 """
 from __future__ import annotations
 
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from newllm.runtime import NATIVE_HALF, cpu_has_native
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import matmul_gflops  # noqa: E402
+
+from newllm.runtime import NATIVE_HALF, cpu_has_native  # noqa: E402
 
 SHAPES = [(512, 768, 768), (2048, 768, 3072)]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1.0) -> float:
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    a @ b  # warm-up (oneDNN picks its kernel)
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
 
 
 def main() -> None:
@@ -33,7 +27,7 @@ def main() -> None:
     for name in ("bf16", "fp16"):
         print(f"{name}: native matrix instructions {cpu_has_native(name)} (looks for {', '.join(NATIVE_HALF[name])})")
     for m, k, n in SHAPES:
-        row = "  ".join(f"{name} {gflops(m, k, n, dt):8.1f}" for name, dt in DTYPES.items())
+        row = "  ".join(f"{name} {matmul_gflops(m, k, n, name, repeats=3):8.1f}" for name in ("fp32", "bf16", "fp16"))
         print(f"{m} x {k} @ {k} x {n}: GFLOP/s  {row}")
 
 

@@ -214,17 +214,10 @@ class TransformerTrainer:
         seed_dropout(self.seed, e, self.model.drop.p)
         for a in range(0, order.numel(), per_batch):
             idx = order[a:a + per_batch].to(self.rt.device)
-            x, y = self.train_x[idx], self.train_y[idx]
-            n_t = int((y >= 0).sum())
-            if n_t == 0:
-                continue
-            self.opt.zero_grad(set_to_none=False)  # AccumulateGrad then adds the workspace's buffers in place
-            ce = self._loss_backward(x, y, n_t)
-            if not math.isfinite(ce):
-                raise NumericalError(f"transformer epoch {e + 1}: non-finite training loss")
-            self._step(e)
-            ce_sum += ce
-            prog.update(n_t)
+            ce, n_t = self.train_batch(self.train_x[idx], self.train_y[idx], e)
+            if n_t:
+                ce_sum += ce
+                prog.update(n_t)
         self.opt.zero_grad(set_to_none=True)
         train_loss = ce_sum / max(self.num_train_targets, 1)
         val_loss, val_acc = self.evaluate()
@@ -242,6 +235,19 @@ class TransformerTrainer:
                  cfg.epochs, train_loss, val_loss, rec["val_ppl"], 100 * val_acc, rec["time_s"],
                  "  (early stop)" if st.stopped_early else "")
         return rec
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, e: int) -> tuple[float, int]:
+        """One optimizer step on a batch of sequences (epoch ``e``): its summed CE and number of
+        targets; a batch without targets takes no step."""
+        n_t = int((y >= 0).sum())
+        if n_t == 0:
+            return 0.0, 0
+        self.opt.zero_grad(set_to_none=False)  # AccumulateGrad then adds the workspace's buffers in place
+        ce = self._loss_backward(x, y, n_t)
+        if not math.isfinite(ce):
+            raise NumericalError(f"transformer epoch {e + 1}: non-finite training loss")
+        self._step(e)
+        return ce, n_t
 
     def _step(self, e: int) -> None:
         if self.scaler:
