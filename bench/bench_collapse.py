@@ -28,13 +28,8 @@ from common import chat_tokens  # noqa: E402
 from newllm.config import ModelConfig, Phase1Config, ValidateConfig  # noqa: E402
 from newllm.cvfp.engine import Schedule  # noqa: E402
 from newllm.cvfp.model import build_model  # noqa: E402
-from newllm.cvfp.phase1 import (  # noqa: E402
-    Phase1Trainer,
-    convergence_diffs,
-    embed_all,
-    frozen_passes,
-    relative_change,
-)
+from newllm.cvfp.passes import convergence_diffs, embed_all, frozen_passes  # noqa: E402
+from newllm.cvfp.phase1 import Phase1Trainer, relative_change  # noqa: E402
 from newllm.cvfp.rank import context_report  # noqa: E402
 from newllm.runtime import Runtime  # noqa: E402
 
@@ -66,13 +61,14 @@ def run_variant(name: str, train, val, base_model: ModelConfig, precision: str, 
     val_x = embed_all(model, val.tokens, rt.device)
     val_untrained = frozen_passes(model, val_sched, val_x, 1)
     st = tr.run()
-    val_ctx = frozen_passes(model, val_sched, val_x, st.passes_done)
+    val_ctx = frozen_passes(model, val_sched, val_x, st.done)
+    ctx = tr.ctx
     t_train = time.perf_counter() - t0
     v = ValidateConfig()
     rep = {k: context_report(c, v.cosine_pairs, seed) for k, c in
-           (("train", st.prev_ctx), ("val", val_ctx), ("train0", st.untrained_ctx), ("val0", val_untrained))}
+           (("train", ctx.prev_ctx), ("val", val_ctx), ("train0", ctx.untrained_ctx), ("val0", val_untrained))}
     x = embed_all(model, train.tokens, rt.device)
-    diffs = convergence_diffs(model, Schedule.build(train.offsets, pcfg.stream), x, st.prev_ctx.clone(),
+    diffs = convergence_diffs(model, Schedule.build(train.offsets, pcfg.stream), x, ctx.prev_ctx.clone(),
                               v.convergence_passes)
     last = st.history[-1]
     return {"name": name, "train_er": rep["train"]["er_pct"], "train_er0": rep["train0"]["er_pct"],
@@ -80,7 +76,7 @@ def run_variant(name: str, train, val, base_model: ModelConfig, precision: str, 
             "cos": rep["train"]["mean_cos"], "norm": rep["train"]["mean_norm"],
             "conv": last["converged_frac"], "cvfp": last["cvfp_loss"],
             "change": relative_change(theta0, model.layer_state()), "steps": st.steps,
-            "passes": st.passes_done, "time_s": t_train,
+            "passes": st.done, "time_s": t_train,
             "passed": (rep["train"]["er_pct"] > v.min_train_er_pct and rep["val"]["er_pct"] > v.min_val_er_pct
                        and diffs[-1] < v.max_final_diff),
             "collapsed": rep["train"]["collapsed"] or rep["val"]["collapsed"]}

@@ -42,8 +42,8 @@ def batch_step_time(batch: int, dim: int, layers: int, precision: str, repeats: 
     cfg = Phase1Config(batch_tokens=batch, max_iterations=2, diversity="none", min_converged_ratio=1.0)
     model = build_model(ModelConfig(context_dim=dim, embed_dim=dim, num_layers=layers), seed=0)
     tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), precision), seed=0)
-    tr.run_pass(0)
-    return timed(lambda: tr.run_pass(1), repeats) / 4
+    tr.run_unit(0)
+    return timed(lambda: tr.run_unit(1), repeats) / 4
 
 
 def main() -> None:

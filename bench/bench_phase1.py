@@ -46,7 +46,7 @@ def bench_batched(train, mcfg: ModelConfig, precision: str, passes: int, batch_t
     for k in range(passes + 1):
         sync(device)
         t = time.perf_counter()
-        tr.run_pass(k)
+        tr.run_unit(k)
         sync(device)
         times.append(time.perf_counter() - t)
     n = train.num_tokens

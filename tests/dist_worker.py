@@ -20,6 +20,7 @@ from newllm.cvfp.phase2 import Phase2Trainer
 from newllm.data.tokens import TokenSet
 from newllm.dist import init_from_env, shutdown
 from newllm.runtime import Runtime
+import newllm.train.core as train_core
 
 TINY = ModelConfig(context_dim=8, embed_dim=6, num_layers=2, vocab_size=50)
 
@@ -38,11 +39,11 @@ def run_phase1(dist, diversity: str = "ema_distance", **pair_set) -> dict:
     cfg = Phase1Config(max_iterations=3, batch_tokens=10, chunk_tokens=3, min_converged_ratio=1.0,
                        diversity=diversity, **pair_set)
     tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), "fp32"), seed=2, dist=dist)
-    with spy_gradients(phase1_module, flat=True) as grads:
+    with spy_gradients(train_core, flat=True) as grads:
         tr.run()
     state = tr.state_dict()
-    return {"grads": torch.stack(grads), "layers": state["layers"], "history": state["history"], "prev_ctx": state["prev_ctx"],
-            "carry": state["carry"], "mu": state["mu"], "steps": state["steps"]}
+    return {"grads": torch.stack(grads), "layers": state["model"], "history": state["loop"]["history"],
+            "prev_ctx": state["prev_ctx"], "carry": state["carry"], "mu": state["mu"], "steps": state["loop"]["steps"]}
 
 
 def run_phase2(dist) -> dict:
@@ -51,7 +52,7 @@ def run_phase2(dist) -> dict:
     cfg = Phase2Config(epochs=2, batch_tokens=10, chunk_tokens=3, dropout=0.0)  # masks are drawn per rank
     tr = Phase2Trainer(model, ts.tokens, ts.offsets, vs.tokens, vs.offsets, cfg, "sample",
                        Runtime(torch.device("cpu"), "fp32"), dist=dist)
-    with spy_gradients(phase2_module, flat=True) as grads:
+    with spy_gradients(train_core, flat=True) as grads:
         tr.run()
     return {"grads": torch.stack(grads), "layers": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "history": tr.state.history, "steps": tr.state.steps}

@@ -11,7 +11,7 @@ import torch
 from newllm.config import Phase1Config
 from newllm.cvfp.model import CVFPModel
 from newllm.cvfp.objectives import OBJECTIVES
-from newllm.cvfp.phase1 import pass_noise
+from newllm.cvfp.noise import pass_noise
 
 
 def _step(params: list, opt: torch.optim.Optimizer, clip: float, grad_sink) -> None:
@@ -110,7 +110,7 @@ def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
         next_token_targets,
         trainable_parameters,
     )
-    from newllm.lm_loss import make_optimizer
+    from newllm.train.optim import make_optimizer
 
     order = token_order(offsets.tolist(), stream)
     tokens = tokens.long()

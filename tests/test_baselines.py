@@ -158,7 +158,7 @@ def test_transformer_step_gradients_equal_plain_autograd(tie):
         assert got.keys() == want.keys()
         for k in got:
             assert torch.allclose(got[k].grad, want[k].grad, rtol=1e-4, atol=1e-6), (step, k)
-        tr._step(0)
+        tr.step("test step")
         plain.load_state_dict(tr.model.state_dict())
 
 
@@ -167,10 +167,9 @@ def test_transformer_learns_and_resumes_exactly():
     full.run()
     losses = [r["train_loss"] for r in full.state.history]
     assert losses[-1] < losses[0] - 0.1  # it learns the training tokens
-    assert full.state.best_epoch >= 1 and full.state.best_state is not None
+    assert full.state.best >= 1 and full.state.kept is not None
     half = _trainer(4)
-    half.run_epoch(0)
-    half.run_epoch(1)
+    half.run(until=2)
     saved = half.state_dict()
     resumed = _trainer(4)
     resumed.load_state_dict(saved)
@@ -185,10 +184,10 @@ def test_transformer_early_stopping_keeps_the_best_epoch():
     tr = _trainer(30, early_stop_patience=2)
     tr.run()
     st = tr.state
-    assert st.stopped_early and st.epochs_done == st.best_epoch + 2 < 30
+    assert st.stopped_early and st.done == st.best + 2 < 30
     vals = [r["val_loss"] for r in st.history]
-    assert min(vals) == vals[st.best_epoch - 1] == st.best_val_loss
-    assert math.isfinite(st.best_val_loss)
+    assert min(vals) == vals[st.best - 1] == st.best_loss
+    assert math.isfinite(st.best_loss)
 
 
 def test_sequences_cover_a_corpus_stream_with_overlapping_windows():

@@ -59,14 +59,14 @@ def test_phase1_and_phase2_resume_across_devices(tmp_path, monkeypatch, caplog, 
     caplog.set_level("INFO")
     _toy_inputs(tmp_path)
     with monkeypatch.context() as m:
-        _interrupt(m, Phase1Trainer, "run_pass", 2)
+        _interrupt(m, Phase1Trainer, "run_unit", 2)
         with pytest.raises(KeyboardInterrupt):
             phase1.run(_cfg(phase1, first))
     phase1.run(_cfg(phase1, second))
     assert "resumed phase1 after pass 1" in caplog.text
     phase2_inputs()
     with monkeypatch.context() as m:
-        _interrupt(m, Phase2Trainer, "run_epoch", 2)
+        _interrupt(m, Phase2Trainer, "run_unit", 2)
         with pytest.raises(KeyboardInterrupt):
             phase2.run(_cfg(phase2, first))
     m2 = phase2.run(_cfg(phase2, second))
@@ -88,7 +88,7 @@ def test_fp16_grad_scaler_state_survives_a_resume(tmp_path, monkeypatch):
         scales.append((d["scaler"]["scale"], self.scaler.get_scale()))
 
     with monkeypatch.context() as m:
-        _interrupt(m, Phase1Trainer, "run_pass", 2)
+        _interrupt(m, Phase1Trainer, "run_unit", 2)
         with pytest.raises(KeyboardInterrupt):
             phase1.run(_cfg(phase1, "cuda", fp16))
     saved = torch_load(tmp_path / "resume/phase1.pt")["trainer"]["scaler"]
@@ -111,7 +111,7 @@ def test_phase1_on_cuda_matches_the_cpu(diversity):
         model = build_model(ModelConfig(context_dim=16, embed_dim=16, num_layers=2, vocab_size=50), seed=0)
         tr = Phase1Trainer(model.to(dev), ts.tokens, ts.offsets, cfg, Runtime(torch.device(dev), "fp32"), seed=1)
         tr.run()
-        out[dev] = (tr.state.prev_ctx.cpu(), {k: v.cpu() for k, v in model.layers.state_dict().items()})
+        out[dev] = (tr.ctx.prev_ctx.cpu(), {k: v.cpu() for k, v in model.layers.state_dict().items()})
     assert torch.allclose(out["cpu"][0], out["cuda"][0], atol=1e-3, rtol=1e-3)
     for k, v in out["cpu"][1].items():
         assert torch.allclose(v, out["cuda"][1][k], atol=1e-3, rtol=1e-3), k

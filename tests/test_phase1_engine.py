@@ -15,6 +15,7 @@ from newllm.cvfp.engine import Schedule, batch_ranges
 from newllm.cvfp.model import build_model, count_parameters
 from newllm.cvfp.phase1 import Phase1Trainer
 from newllm.runtime import Runtime
+import newllm.train.core as train_core
 
 TINY = ModelConfig(context_dim=8, embed_dim=6, num_layers=2, vocab_size=50)
 
@@ -52,8 +53,8 @@ def run_both(mode, batch_tokens, iters, dtype, lr=0.002, chunk_tokens=4, **phase
         tr = Phase1Trainer(m1, ts.tokens, ts.offsets, cfg, rt, seed=5)
         g_ref = []
         ctx_fast = []
-        with spy_gradients(p1mod) as g_fast:
-            tr.run(on_pass_end=lambda t: ctx_fast.append(t.state.prev_ctx.clone()))
+        with spy_gradients(train_core) as g_fast:
+            tr.run(on_end=lambda t, r, i: ctx_fast.append(t.ctx.prev_ctx.clone()))
         ref = phase1_reference(m2, ts.tokens, ts.offsets, cfg, seed=5, grad_sink=g_ref.append)
     finally:
         torch.set_default_dtype(old)
@@ -85,7 +86,7 @@ def test_minibatch_steps_match_reference_float64(mode, batch_tokens, fuse):
             assert torch.allclose(a, b, atol=1e-9, rtol=1e-7)
     for p, q in zip(m1.parameters(), m2.parameters()):
         assert torch.allclose(p, q, atol=1e-9)
-    assert torch.allclose(tr.state.mu, ref["mu"], atol=1e-9)
+    assert torch.allclose(tr.ctx.mu, ref["mu"], atol=1e-9)
 
 
 def test_schedule_is_position_major_over_length_sorted_streams():
@@ -127,7 +128,7 @@ def test_bf16_autocast_runs_close_to_fp32():
         model = build_model(ModelConfig(context_dim=32, embed_dim=32, num_layers=2, vocab_size=50), seed=1)
         tr = Phase1Trainer(model, ts.tokens, ts.offsets, cfg, Runtime(torch.device("cpu"), prec), seed=0)
         tr.run()
-        out[prec] = tr.state.prev_ctx
+        out[prec] = tr.ctx.prev_ctx
     rel = (out["fp32"] - out["bf16"]).norm() / out["fp32"].norm()
     assert 0 < rel < 0.05
 
@@ -135,7 +136,7 @@ def test_bf16_autocast_runs_close_to_fp32():
 def test_pass_noise_by_schedule_position_in_blocks(monkeypatch):
     """Noise rows depend only on (seed, pass, global schedule position): any split of a
     range gives the same rows, across block boundaries; passes and seeds differ; sigma scales."""
-    import newllm.cvfp.phase1 as p1
+    import newllm.cvfp.noise as p1
     monkeypatch.setattr(p1, "NOISE_BLOCK", 5)
     nz = p1.pass_noise(seed=2, k=1, d=3, std=0.5)
     full = nz.rows(0, 23)
@@ -155,7 +156,7 @@ def test_pass_noise_by_schedule_position_in_blocks(monkeypatch):
 @pytest.mark.parametrize("batch_tokens", [4, 7])
 def test_noise_blocks_smaller_than_batches_match_reference(batch_tokens, monkeypatch):
     """Batches spanning several noise blocks (block of 3 positions) still equal the reference."""
-    import newllm.cvfp.phase1 as p1
+    import newllm.cvfp.noise as p1
     monkeypatch.setattr(p1, "NOISE_BLOCK", 3)
     tr, m1, m2, ctx_fast, ref, g_fast, g_ref = run_both("sample", batch_tokens, 3, torch.float64)
     for a, b in zip(ctx_fast, ref["contexts"]):
@@ -168,7 +169,7 @@ def test_noise_blocks_smaller_than_batches_match_reference(batch_tokens, monkeyp
 def test_convergence_diffs_match_a_per_token_loop(mode):
     """validate_rank's final_diff: frozen passes carrying each stream's last context, diff_j =
     mean |c^j - c^(j-1)|, checked against a plain loop over streams and tokens."""
-    from newllm.cvfp.phase1 import convergence_diffs, embed_all
+    from newllm.cvfp.passes import convergence_diffs, embed_all
     ts = toy_tokens()
     model = build_model(TINY, seed=4)
     rt = Runtime(torch.device("cpu"), "fp32")

@@ -21,6 +21,7 @@ from newllm.cvfp.phase2 import Phase2Trainer, prepare_head
 from newllm.data.tokens import next_token_targets, save_token_set
 from newllm.errors import CheckpointError, NumericalError
 from newllm.runtime import Runtime
+import newllm.train.core as train_core
 
 TINY = ModelConfig(context_dim=8, embed_dim=6, num_layers=2, vocab_size=50)
 CPU = Runtime(torch.device("cpu"), "fp32")
@@ -57,7 +58,7 @@ def run_both(mode, cfg, dtype, head="token", embeddings_frozen=False):
         m2 = prepare_head(build_model(TINY, seed=3), head, seed=7)
         tr = make_trainer(m1, cfg, mode, embeddings_frozen=embeddings_frozen, train=ts)
         g_ref = []
-        with spy_gradients(phase2_module) as g_fast:
+        with spy_gradients(train_core) as g_fast:
             tr.run()
         ref = phase2_reference(m2, ts.tokens, ts.offsets, cfg, mode, embeddings_frozen, grad_sink=g_ref.append)
     finally:
@@ -188,7 +189,7 @@ def test_chunked_loss_equals_unchunked():
     for chunk in (1, 3, 10_000):
         model = build_model(TINY, seed=2)
         tr = make_trainer(model, P2(epochs=1, batch_tokens=0, chunk_tokens=chunk))
-        with spy_gradients(phase2_module) as grads:
+        with spy_gradients(train_core) as grads:
             tr.run()
         out[chunk] = (tr.state.history[0], grads[0], tr.evaluate())
     h0, g0, v0 = out[10_000]
@@ -261,8 +262,7 @@ def test_resume_is_bitwise(opt):
 
     first = _model(4, tie)
     tr1 = make_trainer(first, cfg)
-    tr1.run_epoch(0)
-    tr1.state.epochs_done = 1
+    tr1.run(until=1)
     buf = io.BytesIO()
     torch.save(tr1.state_dict(), buf)
     buf.seek(0)
@@ -270,7 +270,7 @@ def test_resume_is_bitwise(opt):
     tr2 = make_trainer(fresh, cfg)
     tr2.load_state_dict(torch.load(buf, weights_only=True))
     tr2.run()
-    assert tr2.state.epochs_done == 2 and tr2.state.steps == tr.state.steps
+    assert tr2.state.done == 2 and tr2.state.steps == tr.state.steps
     for (k, a), b in zip(straight.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), k
     for h, r in zip(tr.state.history, tr2.state.history):
@@ -333,7 +333,8 @@ def save_latest(model, path, predict_from="token"):
 
 
 def test_generate_is_deterministic(tmp_path, capsys):
-    from newllm.generate import generate, load_for_generation, main
+    from newllm.cvfp.checkpoint import load_phase2 as load_for_generation
+    from newllm.generate import generate, main
     mcfg = ModelConfig(context_dim=8, embed_dim=8, num_layers=1, vocab_size=50257)
     ckpt = tmp_path / "model_latest.pt"
     save_latest(prepare_head(build_model(mcfg, seed=0), "context", seed=0), ckpt, "context")
@@ -358,7 +359,8 @@ def test_generate_is_deterministic(tmp_path, capsys):
 
 
 def test_generation_checkpoint_errors(tmp_path, capsys):
-    from newllm.generate import load_for_generation, main
+    from newllm.cvfp.checkpoint import load_phase2 as load_for_generation
+    from newllm.generate import main
     bad = tmp_path / "bad.pt"
     torch.save({"weights": torch.zeros(2)}, bad)
     with pytest.raises(CheckpointError, match="model_state_dict"):
@@ -397,7 +399,7 @@ def stage_inputs(tmp_path, monkeypatch, passed=True):
 def test_stage_writes_outputs_and_resumes_identically(tmp_path, monkeypatch, caplog):
     from newllm import paths
     from newllm.cvfp.phase2 import Phase2Trainer as T
-    from newllm.generate import load_for_generation
+    from newllm.cvfp.checkpoint import load_phase2 as load_for_generation
     from newllm.stages import phase2_lm as phase2
     stage_inputs(tmp_path, monkeypatch, passed=False)
     cfg = from_dict(PARAMS, phase2.SECTIONS)
@@ -429,18 +431,18 @@ def test_stage_writes_outputs_and_resumes_identically(tmp_path, monkeypatch, cap
     # interrupted after epoch 2 (a checkpoint was saved), then re-run: same final weights
     for p in (paths.PHASE2_LATEST, paths.PHASE2_BEST):
         p.unlink()
-    orig = T.run_epoch
+    orig = T.run_unit
 
     def dying(self, e):
         if e == 2:
             raise KeyboardInterrupt
         return orig(self, e)
 
-    monkeypatch.setattr(T, "run_epoch", dying)
+    monkeypatch.setattr(T, "run_unit", dying)
     with pytest.raises(KeyboardInterrupt):
         phase2.run(cfg)
     assert Path("resume/phase2.pt").exists()
-    monkeypatch.setattr(T, "run_epoch", orig)
+    monkeypatch.setattr(T, "run_unit", orig)
     caplog.clear()
     with caplog.at_level("INFO"):
         m2 = phase2.run(cfg)
@@ -470,17 +472,17 @@ def test_stage_ignores_an_unreadable_resume_state(tmp_path, monkeypatch, caplog)
     cfg = from_dict(PARAMS, phase2.SECTIONS)
     ref = phase2.run(cfg)
     ref_w = torch.load(paths.PHASE2_LATEST, weights_only=True)["model_state_dict"]
-    orig = T.run_epoch
+    orig = T.run_unit
 
     def dying(self, e):
         if e == 1:
             raise KeyboardInterrupt
         return orig(self, e)
 
-    monkeypatch.setattr(T, "run_epoch", dying)
+    monkeypatch.setattr(T, "run_unit", dying)
     with pytest.raises(KeyboardInterrupt):
         phase2.run(cfg)
-    monkeypatch.setattr(T, "run_epoch", orig)
+    monkeypatch.setattr(T, "run_unit", orig)
     state = torch.load("resume/phase2.pt", weights_only=True)
     state["trainer"]["optimizer"] = {"state": {}, "param_groups": []}  # another layout; model already loaded
     torch.save(state, "resume/phase2.pt")

@@ -23,7 +23,7 @@ def test_phase1_and_validate_stages_and_rerun_rules(dvc_repo):
     side = json.loads((repo.path / "models/phase1.json").read_text())
     assert side["config"]["model"]["context_dim"] == 16 and side["optimizer_steps"] == p1["optimizer_steps"]
     ckpt = torch_load(repo.path / "models/phase1.pt")
-    assert set(ckpt) >= {"model_state_dict", "optimizer_state_dict", "mu"}
+    assert set(ckpt) >= {"model_state_dict", "mu"} and "optimizer_state_dict" not in ckpt
     ctx = torch_load(repo.path / "data/contexts/train.pt")
     assert ctx["contexts"].shape == (p1["tokens"], 16)
     assert not (repo.path / "resume/phase1.pt").exists()  # rolling checkpoint cleared on success

@@ -98,7 +98,7 @@ def test_phase1_numerical_fault_stops_and_keeps_the_last_good_state(prepared_run
     else:
         assert f"resume/phase1.pt (after pass {kept_pass}) is kept" in r.stderr
         state = torch_load(ckpt)
-        assert state["trainer"]["passes_done"] == kept_pass + 1 and first_non_finite(state) is None
+        assert state["trainer"]["loop"]["done"] == kept_pass + 1 and first_non_finite(state) is None
 
 
 def _run_phase1_in_process(d: Path, monkeypatch, poison_before_pass: int | None = None) -> None:
@@ -106,15 +106,15 @@ def _run_phase1_in_process(d: Path, monkeypatch, poison_before_pass: int | None 
     from newllm.stages import phase1_fixed_point as phase1
 
     if poison_before_pass is not None:
-        original = Phase1Trainer.run_pass
+        original = Phase1Trainer.run_unit
 
-        def run_pass(self, k):
+        def run_unit(self, k):
             if k == poison_before_pass:
                 with torch.no_grad():
                     self.model.layers[0].fc.weight[0, 0] = float("nan")
             return original(self, k)
 
-        monkeypatch.setattr(Phase1Trainer, "run_pass", run_pass)
+        monkeypatch.setattr(Phase1Trainer, "run_unit", run_unit)
     monkeypatch.chdir(d)
     phase1.run(config_mod.load("params.yaml", sections=phase1.SECTIONS))
 
@@ -130,19 +130,19 @@ def test_phase1_nan_parameter_stops_and_the_rerun_resumes_to_the_same_result(pre
     assert "phase1 pass 2: non-finite contexts" in msg and "resume/phase1.pt (after pass 1) is kept" in msg
     assert outputs(d) == before
     state = torch_load(d / "resume/phase1.pt")
-    assert state["trainer"]["passes_done"] == 2 and first_non_finite(state) is None
+    assert state["trainer"]["loop"]["done"] == 2 and first_non_finite(state) is None
     monkeypatch.undo()
 
     # the kept checkpoint poisoned (NaN weights, same fingerprint): ignored with a message,
     # a fresh start, the same result as the uninterrupted run
     d2 = copy_run(d, tmp_path / "poisoned")
     state2 = torch_load(d2 / "resume/phase1.pt")
-    for v in state2["trainer"]["layers"].values():
+    for v in state2["trainer"]["model"].values():
         v.fill_(float("nan"))
     torch.save(state2, d2 / "resume/phase1.pt")
     r = run_stage(d2, P1)
     assert r.returncode == 0, repr(r)
-    assert "ignoring resume checkpoint resume/phase1.pt: trainer.layers" in r.stderr
+    assert "ignoring resume checkpoint resume/phase1.pt: trainer.model" in r.stderr
     assert "holds NaN/Inf values" in r.stderr and "resumed phase1" not in r.stderr
     same_result(prepared_run, d2, PHASE1_FILES)
     assert not (d2 / "resume/phase1.pt").exists()
@@ -186,15 +186,15 @@ def test_phase2_nan_parameter_stops_and_the_rerun_resumes_to_the_same_result(pre
     d = copy_run(prepared_run, tmp_path / "run")
     final = ["metrics/phase2.json", "metrics/phase2_epochs.csv", "models/model_latest.pt", "models/model_latest.json"]
     before = {k: v for k, v in outputs(d).items() if k in final}
-    original = Phase2Trainer.run_epoch
+    original = Phase2Trainer.run_unit
 
-    def run_epoch(self, e):
+    def run_unit(self, e):
         if e == 1:
             with torch.no_grad():
                 self.model.head.weight[0, 0] = float("nan")
         return original(self, e)
 
-    monkeypatch.setattr(Phase2Trainer, "run_epoch", run_epoch)
+    monkeypatch.setattr(Phase2Trainer, "run_unit", run_unit)
     monkeypatch.chdir(d)
     with pytest.raises(NumericalError) as err:
         phase2.run(config_mod.load("params.yaml", sections=phase2.SECTIONS))

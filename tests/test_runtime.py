@@ -164,7 +164,7 @@ def _oom(*args, **kwargs):
     raise OutOfMemoryError(OOM_TEXT)
 
 
-@pytest.mark.parametrize("target", ["newllm.cvfp.phase1.Phase1Trainer.run_pass",    # in the training loop
+@pytest.mark.parametrize("target", ["newllm.cvfp.phase1.Phase1Trainer.run_unit",    # in the training loop
                                     "newllm.stages.phase1_fixed_point.frozen_passes"])   # before it (validation)
 def test_phase1_stage_oom_message(target, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -180,7 +180,7 @@ def test_phase1_stage_oom_message(target, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "models/phase1.pt").exists()
 
 
-@pytest.mark.parametrize("target", ["newllm.cvfp.phase2.Phase2Trainer.run_epoch",   # in the training loop
+@pytest.mark.parametrize("target", ["newllm.cvfp.phase2.Phase2Trainer.run_unit",   # in the training loop
                                     "newllm.stages.phase2_lm.read_baselines"])  # before it
 def test_phase2_stage_oom_message(target, tmp_path, monkeypatch, capsys):
     from newllm.config import from_dict

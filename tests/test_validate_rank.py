@@ -12,7 +12,7 @@ from toy import random_tokens
 from newllm import paths
 from newllm.config import from_dict
 from newllm.cvfp.engine import Schedule, scan
-from newllm.cvfp.phase1 import embed_all
+from newllm.cvfp.passes import embed_all
 from newllm.data.tokens import load_token_set, save_token_set
 from newllm.io import torch_load
 from newllm.runtime import Runtime
@@ -47,8 +47,8 @@ def test_bf16_trained_model_checked_in_fp32_whatever_the_precision(tmp_path, mon
     assert json.loads(paths.VALIDATE_METRICS.read_text())["final_diff"] == as_fp32["final_diff"]
 
     # the same frozen passes under bf16 autocast stall at the rounding of |c| (~|c| 2^-9), above 1e-3
-    from newllm.stages.phase1_fixed_point import load_checkpoint
-    model, _ = load_checkpoint(Runtime(torch.device("cpu"), "fp32"))
+    from newllm.cvfp.checkpoint import load_phase1
+    model, _ = load_phase1(Runtime(torch.device("cpu"), "fp32"))
     train = load_token_set(paths.TOKENS_TRAIN)
     x = embed_all(model, train.tokens, torch.device("cpu"))
     sched = Schedule.build(train.offsets, "sample")

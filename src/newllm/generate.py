@@ -18,36 +18,11 @@ from pathlib import Path
 
 import torch
 
-from newllm.config import from_dict
-from newllm.cvfp.model import CVFPModel, load_model_state
+from newllm.cvfp.checkpoint import load_phase2
+from newllm.cvfp.checkpoint import load_phase2 as load_for_generation  # noqa: F401  (the report's name)
+from newllm.cvfp.model import CVFPModel
 from newllm.data.tokenizer import END_OF_TEXT, load_tokenizer
-from newllm.errors import CheckpointError, ConfigError, DataError, NewLLMError
-from newllm.io import torch_load
-
-
-def load_for_generation(checkpoint_path, device="cpu") -> CVFPModel:
-    """Rebuild the model a ``model_latest``-shaped checkpoint describes and load its weights."""
-    path = Path(checkpoint_path)
-    ckpt = torch_load(path, "model checkpoint")
-    hint = "it is not a phase2_lm checkpoint (model_latest.pt / phase2_best.pt); re-run `dvc repro phase2_lm`"
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_state_dict"), dict) \
-            or not isinstance(ckpt.get("config"), dict):
-        raise CheckpointError(f"model checkpoint {path} has no model_state_dict/config: {hint}")
-    conf = ckpt["config"]
-    try:
-        mcfg = from_dict({"model": {**conf["model"], "pretrained_embeddings": False}}, sections=["model"]).model
-        head_from = (conf.get("phase2") or {}).get("predict_from", "token")
-    except (KeyError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"model checkpoint {path} has an unusable model config ({e}): {hint}") from None
-    except ConfigError as e:  # checked like params: a damaged config never reaches torch
-        raise CheckpointError(f"model checkpoint {path} has an invalid model config ({e.key} = {e.value!r}, "
-                              f"expected {e.allowed}): {hint}") from None
-    if head_from not in ("token", "context"):
-        raise CheckpointError(f"model checkpoint {path}: unknown phase2.predict_from {head_from!r}: {hint}")
-    model = CVFPModel(mcfg, head_from)
-    load_model_state(model, ckpt["model_state_dict"], f"model checkpoint {path}")
-    model.requires_grad_(False)
-    return model.to(device).eval()
+from newllm.errors import DataError, NewLLMError
 
 
 def _encode(tokenizer, prompt: str, vocab_size: int) -> list[int]:
@@ -115,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     from newllm.cli import setup_logging
     setup_logging()
     try:
-        model = load_for_generation(args.checkpoint, args.device)
+        model = load_phase2(args.checkpoint, args.device)
         tok = load_tokenizer(args.tokenizer)
         text = generate(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
         if args.continuation_only:

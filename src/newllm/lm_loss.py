@@ -1,8 +1,8 @@
 """The next-token loss of every language model here (CVFP's Phase 2 and the transformer
 baseline): a head ``h W^T + b`` fused with the cross-entropy so that the chunk x vocabulary
 logits exist once (``LinearCrossEntropy``), the same blocks for evaluation (``ce_rows``), the
-embedding lookup whose gradient reuses a buffer (``GatherRows``), and the optimizer and
-allocator settings both trainers share."""
+embedding lookup whose gradient reuses a buffer (``GatherRows``), and the allocator setting both
+trainers share."""
 from __future__ import annotations
 
 import ctypes
@@ -12,7 +12,6 @@ import sys
 import torch
 from torch import nn
 
-HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CE_BLOCK_BYTES = 3 << 20  # CPU: fp32 softmax workspace per row block (stays in L2/L3 across its passes)
 CE_ROWS_CUDA = 256        # GPU: rows per block (bounds the fp32 temporaries)
 
@@ -201,19 +200,3 @@ def seed_dropout(seed: int, epoch: int, p: float) -> None:
     epoch draws the same masks as one that never stopped (no-op without dropout)."""
     if p > 0:
         torch.manual_seed(seed * 1_000_003 + epoch)
-
-
-def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam; AdamW with decoupled ``weight_decay`` on the matrices (embeddings included, biases and
-    LayerNorms excluded) when it is above 0. The fused kernel where this torch has it for the
-    parameters' device (one pass over the parameters instead of several), else the default."""
-    groups: list = params
-    cls = torch.optim.Adam
-    if weight_decay > 0:
-        cls = torch.optim.AdamW
-        groups = [g for g in ({"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}) if g["params"]]
-    try:
-        return cls(groups, lr=lr, fused=True)
-    except (RuntimeError, ValueError, TypeError):
-        return cls(groups, lr=lr)

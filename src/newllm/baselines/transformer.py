@@ -14,30 +14,19 @@ stopping) and is scored on exactly Phase 2's validation pairs:
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.utils import clip_grad_norm_
 
 from newllm.config import TransformerConfig
 from newllm.errors import NumericalError
-from newllm.lm_loss import (
-    HALF,
-    GatherRows,
-    HeadWorkspace,
-    LinearCrossEntropy,
-    ce_rows,
-    head_logits,
-    make_optimizer,
-    ppl,
-    seed_dropout,
-)
+from newllm.lm_loss import GatherRows, HeadWorkspace, LinearCrossEntropy, ce_rows, head_logits, ppl, seed_dropout
 from newllm.runtime import Progress, Runtime
+from newllm.train.core import Trainer
+from newllm.train.optim import OptimSpec
 
 log = logging.getLogger(__name__)
 
@@ -122,71 +111,31 @@ def sequences(tokens: torch.Tensor, offsets: torch.Tensor, stream: str, length: 
     return inputs, targets
 
 
-@dataclass
-class TransformerState:
-    epochs_done: int = 0
-    steps: int = 0
-    history: list = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_loss: float = float("inf")
-    best_state: dict | None = None
-    stopped_early: bool = False
+class TransformerTrainer(Trainer):
+    name = "transformer"
 
-
-class TransformerTrainer:
     def __init__(self, model: TransformerLM, train: tuple, val: tuple, cfg: TransformerConfig, rt: Runtime,
                  seed: int):
-        self.model, self.cfg, self.rt, self.seed = model.to(rt.device), cfg, rt, seed
+        self.model, self.cfg, self.seed = model.to(rt.device), cfg, seed
         self.train_x, self.train_y = (t.to(rt.device) for t in train)
         self.val_x, self.val_y = (t.to(rt.device) for t in val)
         self.num_train_targets = int((self.train_y >= 0).sum())
         self.num_val_targets = int((self.val_y >= 0).sum())
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = make_optimizer(self.params, cfg.learning_rate, cfg.weight_decay)
-        self.scaler = rt.grad_scaler()
-        self.state = TransformerState()
         self.ws = HeadWorkspace()  # the head's logits and casts, reused from chunk to chunk
+        super().__init__([p for p in model.parameters() if p.requires_grad], OptimSpec.of(cfg), rt, cfg.epochs,
+                         patience=cfg.early_stop_patience)
 
-    def _weight_cast(self) -> torch.Tensor | None:
-        """The head weight in the compute dtype, once per batch (None in fp32)."""
-        cd = HALF.get(self.rt.precision)
-        if cd is None:
-            return None
-        w = self.model.head.weight.detach()
-        return self.ws.get("weight_cast", tuple(w.shape), cd, w.device).copy_(w)
+    def _per_batch(self) -> int:
+        cfg = self.cfg
+        return max(1, cfg.batch_tokens // self.train_x.shape[1]) if cfg.batch_tokens else self.train_x.shape[0]
 
-    def state_dict(self) -> dict:
-        s = self.state
-        return {"epochs_done": s.epochs_done, "steps": s.steps, "history": list(s.history),
-                "best_epoch": s.best_epoch, "best_val_loss": s.best_val_loss, "best_state": s.best_state,
-                "stopped_early": s.stopped_early,
-                "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-                "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.model.load_state_dict(d["model"])
-        self.opt.load_state_dict(d["optimizer"])
-        if self.scaler and d.get("scaler"):
-            self.scaler.load_state_dict(d["scaler"])
-        self.state = TransformerState(int(d["epochs_done"]), int(d["steps"]), list(d["history"]),
-                                      int(d["best_epoch"]), float(d["best_val_loss"]), d["best_state"],
-                                      bool(d["stopped_early"]))
-
-    @property
-    def done(self) -> bool:
-        return self.state.stopped_early or self.state.epochs_done >= self.cfg.epochs
-
-    def run(self, on_epoch_end=None) -> TransformerState:
-        while not self.done:
-            self.run_epoch(self.state.epochs_done)
-            if on_epoch_end is not None:
-                on_epoch_end(self)
-        return self.state
+    def steps_per_unit(self) -> int:
+        return -(-self.train_x.shape[0] // self._per_batch())
 
     def _loss_backward(self, x: torch.Tensor, y: torch.Tensor, n_targets: int) -> float:
         """Forward of a batch, then the head and CE ``chunk_tokens`` targets at a time on detached
         features (one backward through the blocks at the end). Returns the summed CE."""
-        cd = HALF.get(self.rt.precision)
+        cd = self.compute_dtype
         with self.rt.autocast():
             h = self.model.features(x, self.ws)
         rows = torch.nonzero((y >= 0).flatten()).squeeze(1)
@@ -194,19 +143,19 @@ class TransformerTrainer:
         h_det = flat.detach().requires_grad_()
         head = self.model.head
         total = 0.0
-        w_cast = self._weight_cast()
+        w_cast = self.weight_cast(self.model.head.weight, self.ws)
         for a in range(0, rows.numel(), self.cfg.chunk_tokens):
             r = rows[a:a + self.cfg.chunk_tokens]
             ce = LinearCrossEntropy.apply(h_det[r], head.weight, head.bias, y.flatten()[r], cd, w_cast, self.ws)
             loss = ce / n_targets
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            self.backward(loss)
             total += float(ce.detach())
         flat.backward(h_det.grad)
         return total
 
-    def run_epoch(self, e: int) -> dict:
+    def run_unit(self, e: int) -> dict:
         cfg, st = self.cfg, self.state
-        per_batch = max(1, cfg.batch_tokens // self.train_x.shape[1]) if cfg.batch_tokens else self.train_x.shape[0]
+        per_batch = self._per_batch()
         order = torch.randperm(self.train_x.shape[0], generator=torch.Generator().manual_seed(self.seed * 7919 + e))
         prog = Progress(f"transformer epoch {e + 1}/{cfg.epochs}", self.num_train_targets)
         t0, ce_sum, steps0 = time.perf_counter(), 0.0, st.steps
@@ -224,16 +173,8 @@ class TransformerTrainer:
         rec = {"epoch": e + 1, "train_loss": train_loss, "train_ppl": ppl(train_loss), "val_loss": val_loss,
                "val_ppl": ppl(val_loss), "val_acc": val_acc, "optimizer_steps": st.steps - steps0,
                "time_s": round(time.perf_counter() - t0, 3)}
-        st.history.append(rec)
-        st.epochs_done = e + 1
-        if val_loss < st.best_val_loss:
-            st.best_epoch, st.best_val_loss = e + 1, val_loss
-            st.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-        elif cfg.early_stop_patience and st.epochs_done - st.best_epoch >= cfg.early_stop_patience:
-            st.stopped_early = True
-        log.info("transformer epoch %d/%d: train loss %.4f  val loss %.4f (ppl %.1f, acc %.2f%%)  %.1fs%s", e + 1,
-                 cfg.epochs, train_loss, val_loss, rec["val_ppl"], 100 * val_acc, rec["time_s"],
-                 "  (early stop)" if st.stopped_early else "")
+        log.info("transformer epoch %d/%d: train loss %.4f  val loss %.4f (ppl %.1f, acc %.2f%%)  %.1fs", e + 1,
+                 cfg.epochs, train_loss, val_loss, rec["val_ppl"], 100 * val_acc, rec["time_s"])
         return rec
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, e: int) -> tuple[float, int]:
@@ -246,27 +187,14 @@ class TransformerTrainer:
         ce = self._loss_backward(x, y, n_t)
         if not math.isfinite(ce):
             raise NumericalError(f"transformer epoch {e + 1}: non-finite training loss")
-        self._step(e)
+        self.step(f"transformer epoch {e + 1}")
         return ce, n_t
-
-    def _step(self, e: int) -> None:
-        if self.scaler:
-            self.scaler.unscale_(self.opt)
-        norm = clip_grad_norm_(self.params, self.cfg.gradient_clip)
-        if self.scaler:
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            if not bool(torch.isfinite(norm)):
-                raise NumericalError(f"transformer epoch {e + 1}: non-finite gradient norm ({float(norm)})")
-            self.opt.step()
-        self.state.steps += 1
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Validation loss and top-1 accuracy over every validation pair."""
         self.model.eval()
-        w_cast = self._weight_cast()
+        w_cast = self.weight_cast(self.model.head.weight, self.ws)
         w = self.model.head.weight if w_cast is None else w_cast
         b = self.model.head.bias
         per_batch = max(1, 8192 // self.val_x.shape[1])

@@ -45,32 +45,22 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.nn.utils import clip_grad_norm_
 
 from newllm.config import Phase2Config
 from newllm.cvfp.engine import Schedule, batch_ranges, chunks, scan
 from newllm.cvfp.model import CVFPModel
-from newllm.cvfp.phase1 import PassNoise, embed_all, pass_noise
+from newllm.cvfp.noise import PassNoise, pass_noise, rank_rows
+from newllm.cvfp.passes import embed_all
 from newllm.data.tokens import next_token_targets
 from newllm.dist import SINGLE, Dist
 from newllm.errors import NumericalError
-from newllm.lm_loss import (
-    HALF,
-    GatherRows,
-    HeadWorkspace,
-    LinearCrossEntropy,
-    ce_rows,
-    head_logits,
-    make_optimizer,
-    ppl,
-    seed_dropout,
-)
+from newllm.lm_loss import GatherRows, HeadWorkspace, LinearCrossEntropy, ce_rows, head_logits, ppl, seed_dropout
 from newllm.runtime import Progress, Runtime
+from newllm.train.core import Trainer
+from newllm.train.optim import OptimSpec
 
 log = logging.getLogger(__name__)
 
@@ -108,32 +98,6 @@ def trainable_parameters(model: CVFPModel, freeze_context: bool, embeddings_froz
     return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
 
-@dataclass
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    train_ppl: float
-    val_loss: float
-    val_ppl: float
-    val_acc: float
-    optimizer_steps: int
-    time_s: float
-    tokens_per_s: float
-
-    def as_row(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
-class Phase2State:
-    epochs_done: int = 0
-    steps: int = 0
-    history: list = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_loss: float = float("inf")
-    stopped_early: bool = False
-
-
 class _LMLoss(nn.Module):
     """The summed CE of a chunk as one module, so DDP can wrap every trained parameter."""
 
@@ -156,11 +120,13 @@ class _LMLoss(nn.Module):
         return ce, unused
 
 
-class Phase2Trainer:
+class Phase2Trainer(Trainer):
+    name = "phase2"
+
     def __init__(self, model: CVFPModel, train_tokens: torch.Tensor, train_offsets: torch.Tensor,
                  val_tokens: torch.Tensor, val_offsets: torch.Tensor, cfg: Phase2Config, stream: str,
                  rt: Runtime, embeddings_frozen: bool | None = None, dist: Dist = SINGLE, seed: int = 0):
-        self.model, self.cfg, self.rt, self.stream, self.dist = model, cfg, rt, stream, dist
+        self.model, self.cfg, self.stream, self.dist = model, cfg, stream, dist
         dev = rt.device
         if embeddings_frozen is None:
             embeddings_frozen = model.embeddings_source != "random"
@@ -171,15 +137,13 @@ class Phase2Trainer:
         self.x_fixed = cfg.freeze_context or embeddings_frozen
         self.train = self._split(train_tokens, train_offsets, dev, shard=dist.active)
         self.val = self._split(val_tokens, val_offsets, dev)  # every rank validates on all of it
-        self.params = trainable_parameters(model, cfg.freeze_context, embeddings_frozen)
-        trained = {id(p) for p in self.params}
+        params = trainable_parameters(model, cfg.freeze_context, embeddings_frozen)
+        trained = {id(p) for p in params}
         for p in model.parameters():  # only what trains takes gradients (and DDP's all-reduce)
             p.requires_grad_(id(p) in trained)
         self.loss_module = _LMLoss(model, cfg.dropout)
         self.ddp = DDP(self.loss_module) if dist.active else None
-        self.opt = make_optimizer(self.params, cfg.learning_rate, cfg.weight_decay)
-        self.scaler = rt.grad_scaler()
-        self.state = Phase2State()
+        super().__init__(params, OptimSpec.of(cfg), rt, cfg.epochs, patience=cfg.early_stop_patience)
         self.features: torch.Tensor | None = None   # freeze_context: head inputs of the targets
         self.ws = HeadWorkspace()
 
@@ -219,13 +183,6 @@ class Phase2Trainer:
         return torch.zeros(split["sched"].num_streams, self.model.cfg.context_dim,
                            dtype=self.model.head.weight.dtype, device=self.rt.device)
 
-    def _weight_cast(self, cd: torch.dtype | None) -> torch.Tensor | None:
-        """The head weight in the compute dtype (None: no cast), once per batch, into the workspace."""
-        if cd is None:
-            return None
-        w = self.model.head.weight.detach()
-        return self.ws.get("weight_cast", tuple(w.shape), cd, w.device).copy_(w)
-
     def _head_inputs(self, split: dict, p0: int, p1: int, carry: torch.Tensor) -> torch.Tensor:
         """No-grad scan of schedule range [p0, p1): the head inputs of its targets (schedule order)."""
         token = self.model.head_from == "token"
@@ -247,61 +204,19 @@ class Phase2Trainer:
                                  "the Phase 1 checkpoint is numerically broken")
         return out
 
-    def _noise_rows(self, noise: PassNoise | None, p0: int, p1: int) -> torch.Tensor | None:
-        """This rank's rows of the context noise for global schedule range [p0, p1) (local order)."""
-        if noise is None:
-            return None
-        rows = noise.rows(p0, p1)
-        cum = self.train["cum"]
-        if cum is None:
-            return rows
-        mine = self.train["global_sched"].stream_of[p0:p1] % self.dist.world == self.dist.rank
-        return rows[mine.to(rows.device)]
+    def steps_per_unit(self) -> int:
+        """Batches with at least one target (a batch without one takes no step)."""
+        tc = self.train["global_tcount"]
+        return sum(int(tc[p1]) > int(tc[p0]) for p0, p1 in batch_ranges(self.train["num_tokens"], self.cfg.batch_tokens))
 
-    # -- state for resume -------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        s = self.state
-        return {"epochs_done": s.epochs_done, "steps": s.steps, "history": list(s.history),
-                "best_epoch": s.best_epoch, "best_val_loss": s.best_val_loss, "stopped_early": s.stopped_early,
-                "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-                "optimizer": self.opt.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler else None}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.model.load_state_dict(d["model"])
-        self.opt.load_state_dict(d["optimizer"])
-        if self.scaler and d.get("scaler"):
-            self.scaler.load_state_dict(d["scaler"])
-        self.state = Phase2State(int(d["epochs_done"]), int(d["steps"]), list(d["history"]),
-                                 int(d["best_epoch"]), float(d["best_val_loss"]), bool(d["stopped_early"]))
+    def load_extra_state(self, d: dict) -> None:
         if self.x_fixed:  # the embedding is frozen, but recompute from the loaded weights anyway
             for split in (self.train, self.val):
                 split["x"] = embed_all(self.model, split["tokens"], self.rt.device)
         self.features = None
 
-    @property
-    def done(self) -> bool:
-        return self.state.stopped_early or self.state.epochs_done >= self.cfg.epochs
-
-    # -- the loop -----------------------------------------------------------------------------------
-    def run(self, on_epoch_end=None) -> Phase2State:
-        """Run the remaining epochs; ``on_epoch_end(trainer, record, improved)`` after each. With
-        ``early_stop_patience`` N, stop once N epochs in a row did not lower the validation loss."""
-        st, patience = self.state, self.cfg.early_stop_patience
-        while not self.done:
-            rec = self.run_epoch(st.epochs_done)
-            improved = rec.val_loss < st.best_val_loss
-            if improved:
-                st.best_epoch, st.best_val_loss = rec.epoch, rec.val_loss
-            elif patience and st.epochs_done - st.best_epoch >= patience:
-                st.stopped_early = True
-                log.info("phase2: early stop after epoch %d (%d epochs without a better validation loss than "
-                         "epoch %d)", rec.epoch, patience, st.best_epoch)
-            if on_epoch_end is not None:
-                on_epoch_end(self, rec, improved)
-        return self.state
-
-    def run_epoch(self, e: int) -> EpochRecord:
+    # -- one epoch --------------------------------------------------------------------------------
+    def run_unit(self, e: int) -> dict:
         """Train epoch ``e`` (0-based) and validate; returns its record (``epoch`` is 1-based)."""
         cfg, tr, st = self.cfg, self.train, self.state
         n = tr["num_tokens"]
@@ -324,14 +239,12 @@ class Phase2Trainer:
         train_loss = ce_sum / max(tr["num_targets"], 1)
         val_loss, val_acc = self.evaluate(e)
         el = time.perf_counter() - t0
-        rec = EpochRecord(epoch=e + 1, train_loss=train_loss, train_ppl=ppl(train_loss), val_loss=val_loss,
-                          val_ppl=ppl(val_loss), val_acc=val_acc, optimizer_steps=st.steps - steps0,
-                          time_s=round(el, 3), tokens_per_s=round(n / el, 1))
-        st.history.append(rec.as_row())
-        st.epochs_done = e + 1
+        rec = {"epoch": e + 1, "train_loss": train_loss, "train_ppl": ppl(train_loss), "val_loss": val_loss,
+               "val_ppl": ppl(val_loss), "val_acc": val_acc, "optimizer_steps": st.steps - steps0,
+               "time_s": round(el, 3), "tokens_per_s": round(n / el, 1)}
         log.info("phase2 epoch %d/%d: train loss %.4f (ppl %.1f)  val loss %.4f (ppl %.1f, acc %.2f%%)  "
-                 "%d steps  %.1fs  %.0f tok/s", e + 1, cfg.epochs, train_loss, rec.train_ppl, val_loss,
-                 rec.val_ppl, 100 * val_acc, rec.optimizer_steps, el, rec.tokens_per_s)
+                 "%d steps  %.1fs  %.0f tok/s", e + 1, cfg.epochs, train_loss, rec["train_ppl"], val_loss,
+                 rec["val_ppl"], 100 * val_acc, rec["optimizer_steps"], el, rec["tokens_per_s"])
         return rec
 
     def _train_batch(self, p0: int, p1: int, carry: torch.Tensor, e: int, noise: PassNoise | None = None) -> float:
@@ -339,7 +252,7 @@ class Phase2Trainer:
         computes the tokens of its own streams). Returns this rank's summed CE."""
         tr, model, dist = self.train, self.model, self.dist
         nt = int(tr["global_tcount"][p1]) - int(tr["global_tcount"][p0])  # targets of the whole batch
-        noise_rows = self._noise_rows(noise, p0, p1) if self.features is None else None
+        noise_rows = rank_rows(noise, p0, p1, tr["global_sched"], dist) if self.features is None else None
         if tr["cum"] is not None:
             p0, p1 = int(tr["cum"][p0]), int(tr["cum"][p1])
         t0, t1 = int(tr["tcount"][p0]), int(tr["tcount"][p1])
@@ -358,9 +271,9 @@ class Phase2Trainer:
         # the workspace's gradient buffers in place instead of taking fresh V x d tensors per chunk
         self.opt.zero_grad(set_to_none=False)
         ce_total = 0.0
-        cd = HALF.get(self.rt.precision)
+        cd = self.compute_dtype
         # the head weight in the compute dtype: cast once per batch, not per chunk
-        w_cast = self._weight_cast(cd)
+        w_cast = self.weight_cast(model.head.weight, self.ws)
         # a rank without targets in this batch still takes part in the gradient all-reduce
         spans = list(chunks(t1 - t0, self.cfg.chunk_tokens)) or [(0, 0)]
         for i, (a, b) in enumerate(spans):
@@ -385,21 +298,10 @@ class Phase2Trainer:
                     loss = loss * dist.world  # parameter takes part in each synchronised backward
                     if unused is not None:
                         loss = loss + 0.0 * unused.float().sum()
-                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                self.backward(loss)
             ce_total += ce_val
             del h, ce, loss
-        if self.scaler:
-            self.scaler.unscale_(self.opt)
-        norm = clip_grad_norm_(self.params, self.cfg.gradient_clip)
-        if self.scaler:
-            self.scaler.step(self.opt)  # skips the step itself on inf/NaN (fp16 overflow)
-            self.scaler.update()
-        else:
-            if not bool(torch.isfinite(norm)):
-                raise NumericalError(f"phase2 epoch {e + 1}: non-finite gradient norm ({float(norm)}) at "
-                                     f"schedule tokens {p0}-{p1}; the last good checkpoint is kept")
-            self.opt.step()
-        self.state.steps += 1
+        self.step(f"phase2 epoch {e + 1}, schedule tokens {p0}-{p1}")
         return ce_total
 
     @torch.no_grad()
@@ -410,8 +312,8 @@ class Phase2Trainer:
         n = va["sched"].num_tokens
         carry = self._carry(va)
         ce_sum, correct = 0.0, 0
-        cd = HALF.get(self.rt.precision)
-        w_cast = self._weight_cast(cd)
+        cd = self.compute_dtype
+        w_cast = self.weight_cast(model.head.weight, self.ws)
         for p0, p1 in batch_ranges(n, SCAN_RANGE):
             feats = self._head_inputs(va, p0, p1, carry)
             t0 = int(va["tcount"][p0])

@@ -20,34 +20,23 @@ import logging
 import time
 
 from newllm import paths
+from newllm.cvfp import checkpoint
 from newllm.config import STAGE_SECTIONS, Config
-from newllm.cvfp.phase2 import EpochRecord, Phase2Trainer, prepare_head
-from newllm.data.tokens import TokenSet, load_token_set
+from newllm.cvfp.phase2 import Phase2Trainer, prepare_head
+from newllm.data.tokens import TokenSet, load_token_set, next_token_targets
 from newllm.dist import init_from_env, shutdown
 from newllm.errors import CheckpointError, NumericalError
-from newllm.io import (
-    atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
-    csv_text,
-    read_json,
-    state_dict_digest,
-)
+from newllm.io import atomic_write_json, atomic_write_text, csv_text, read_json, state_dict_digest
 from newllm.lm_loss import limit_heap_retention
-from newllm.resume import (
-    ResumeStore,
-    fingerprint,
-    first_non_finite,
-    kept_message,
-    resume_or_fresh,
-)
+from newllm.resume import fingerprint, first_non_finite
 from newllm.runtime import Runtime, device_type, merge_peaks, peak_memory
-from newllm.stages.phase1_fixed_point import load_checkpoint
+from newllm.train.resumable import run_resumable
 
 log = logging.getLogger(__name__)
 SECTIONS = STAGE_SECTIONS["phase2_lm"]
 CSV_COLUMNS = ["epoch", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_acc", "optimizer_steps",
                "time_s", "tokens_per_s"]
+KEPT = f"Nothing final was written ({paths.PHASE2_BEST}, {paths.PHASE2_LATEST}, {paths.PHASE2_METRICS})."
 
 
 def check_gate() -> dict:
@@ -83,14 +72,8 @@ def _r(v: float, nd: int = 6) -> float:
     return round(float(v), nd)
 
 
-def _kept(store: ResumeStore, last_epoch: int | None) -> str:
-    return kept_message(store, "epoch", last_epoch,
-                        f"Nothing final was written ({paths.PHASE2_LATEST}, {paths.PHASE2_METRICS} are not "
-                        f"updated; {paths.PHASE2_BEST} holds the best epoch so far, if any).")
-
-
 class Outputs:
-    """What the stage writes about a trainer: checkpoints with their sidecars."""
+    """What the stage writes about a trainer: the model files of an epoch with their sidecars."""
 
     def __init__(self, cfg: Config, side: dict, stream: str, embeddings: str, trained_embeddings: bool):
         self.side, self.embeddings, self.trained_embeddings = side, embeddings, trained_embeddings
@@ -98,22 +81,13 @@ class Outputs:
                                                        "tie_embeddings": cfg.model.tie_embeddings},
                            "phase1": {"stream": stream}, "phase2": cfg.section_dict("phase2")}
 
-    def payload(self, tr: Phase2Trainer) -> dict:
-        h = tr.state.history
-        return {"model_state_dict": {k: v.detach().cpu() for k, v in tr.model.state_dict().items()},
-                "config": self.run_config, "epoch": tr.state.epochs_done,
-                "phase2_history": {"train_loss": [r["train_loss"] for r in h], "val_loss": [r["val_loss"] for r in h]}}
-
-    def sidecar(self, tr: Phase2Trainer, rec: dict) -> dict:
-        return {"config": self.run_config, "epoch": tr.state.epochs_done, "best_epoch": tr.state.best_epoch,
-                "embeddings": self.embeddings, "embeddings_trained": self.trained_embeddings,
-                "phase1_model_digest": self.side.get("model_digest"),
-                "metrics": {k: rec[k] for k in ("train_loss", "train_ppl", "val_loss", "val_ppl", "val_acc")}}
-
-    @staticmethod
-    def write_best(obj: dict, meta: dict) -> None:
-        atomic_torch_save(obj, paths.PHASE2_BEST)
-        atomic_write_json(paths.sidecar(paths.PHASE2_BEST), meta)
+    def write(self, path, weights: dict, history: list[dict], best_epoch: int) -> None:
+        rec = history[-1]
+        checkpoint.save(path, checkpoint.phase2_payload(weights, self.run_config, history), {
+            "config": self.run_config, "epoch": len(history), "best_epoch": best_epoch,
+            "embeddings": self.embeddings, "embeddings_trained": self.trained_embeddings,
+            "phase1_model_digest": self.side.get("model_digest"),
+            "metrics": {k: rec[k] for k in ("train_loss", "train_ppl", "val_loss", "val_ppl", "val_acc")}})
 
 
 def run(cfg: Config) -> dict:
@@ -122,7 +96,7 @@ def run(cfg: Config) -> dict:
     rt = Runtime.from_config(cfg.runtime)
     limit_heap_retention()  # less peak RSS on glibc (see its docstring)
     gate = check_gate()
-    _, side = load_checkpoint(rt)
+    _, side = checkpoint.load_phase1(rt)
     try:
         stream = side["config"]["phase1"]["stream"]
     except (KeyError, TypeError):
@@ -132,7 +106,7 @@ def run(cfg: Config) -> dict:
     train, val = load_token_set(paths.TOKENS_TRAIN, vocab), load_token_set(paths.TOKENS_VAL, vocab)
 
     def fresh() -> Phase2Trainer:
-        model, _ = load_checkpoint(rt)
+        model, _ = checkpoint.load_phase1(rt)
         prepare_head(model, p2.predict_from, cfg.seed)
         if cfg.model.tie_embeddings:
             if model.embeddings_source != "random":
@@ -142,67 +116,29 @@ def run(cfg: Config) -> dict:
         return Phase2Trainer(model, train.tokens, train.offsets, val.tokens, val.offsets, p2, stream, rt,
                              dist=dist, seed=cfg.seed)
 
-    trainer = fresh()
-    base = read_baselines(trainer.val["num_targets"])
+    base = read_baselines(int((next_token_targets(val.tokens, val.offsets, stream) >= 0).sum()))
     tokens_digest = state_dict_digest({"t": train.tokens, "o": train.offsets, "vt": val.tokens, "vo": val.offsets})
     fp = fingerprint({k: v for k, v in cfg.section_dict("phase2").items() if k != "checkpoint_every"},
                      cfg.model.tie_embeddings, cfg.runtime.precision, cfg.seed, side.get("model_digest"),
                      tokens_digest)
-    store, best_store = ResumeStore(cfg.resume, "phase2", fp), ResumeStore(cfg.resume, "phase2_best", fp)
-    out = Outputs(cfg, side, stream, trainer.model.embeddings_source,
-                  not (trainer.embeddings_frozen or p2.freeze_context))
-    trainer, resumed = resume_or_fresh(store, trainer, lambda s: None, fresh,
-                                       lambda tr: f"phase2 after epoch {tr.state.epochs_done} "
-                                                  f"({tr.state.steps} optimizer steps)")
-    if resumed is not None:
-        _restore_best(trainer, best_store, dist.main, cfg.resume.dir)
-    saved = {"epoch": trainer.state.epochs_done if resumed is not None else None}
-
-    def on_epoch_end(tr: Phase2Trainer, rec: EpochRecord, improved: bool) -> None:
-        if not dist.main:  # every rank holds the same weights; rank 0 alone writes
-            return
-        if improved:
-            obj, meta = out.payload(tr), out.sidecar(tr, rec.as_row())
-            out.write_best(obj, meta)
-            best_store.save({"epoch": rec.epoch, "checkpoint": obj, "sidecar": meta})
-        if tr.state.epochs_done % p2.checkpoint_every == 0 or tr.done:
-            store.save({"trainer": tr.state_dict()})
-            saved["epoch"] = tr.state.epochs_done
-
-    try:
-        trainer.run(on_epoch_end=on_epoch_end)
-    except NumericalError as e:
-        raise NumericalError(f"{e}. {_kept(store, saved['epoch'])} Try a lower phase2.learning_rate or "
-                             f"runtime.precision: fp32.") from None
+    run_ = run_resumable("phase2", cfg.resume, fp, fresh, p2.checkpoint_every, KEPT,
+                         "Try a lower phase2.learning_rate or runtime.precision: fp32.", dist)
+    trainer = run_.trainer
     memory = dist.memory(peak_memory(rt.device))
     if not dist.main:
         shutdown(dist)
         return {}
     bad = first_non_finite(dict(trainer.model.state_dict()))
     if bad is not None:
-        raise NumericalError(f"phase2: NaN/Inf in the model weights ({bad}) after epoch {trainer.state.epochs_done}. "
-                             f"{_kept(store, saved['epoch'])} Try a lower phase2.learning_rate.")
+        raise NumericalError(f"phase2: NaN/Inf in the model weights ({bad}) after epoch {trainer.state.done}. "
+                             f"{KEPT} Try a lower phase2.learning_rate.")
+    out = Outputs(cfg, side, stream, trainer.model.embeddings_source,
+                  not (trainer.embeddings_frozen or p2.freeze_context))
     metrics = _write_outputs(cfg, trainer, out, base, gate, train, val, time.perf_counter() - t_start,
                              merge_peaks(memory, peak_memory(rt.device)))
-    store.clear()
-    best_store.clear()
+    run_.done()
     shutdown(dist)
     return metrics
-
-
-def _restore_best(trainer: Phase2Trainer, best_store: ResumeStore, main: bool, resume_dir: str) -> None:
-    """After a resume, put the best checkpoint so far back in ``models/`` (``dvc repro`` deleted it)."""
-    st = trainer.state
-    best = best_store.load()
-    if best is not None and best.get("epoch") == st.best_epoch:
-        if main:
-            Outputs.write_best(best["checkpoint"], best["sidecar"])
-    elif best is not None and int(best.get("epoch", 0)) > st.best_epoch:
-        pass  # saved after the rolling checkpoint: the re-run epochs find (and rewrite) it again
-    elif st.best_epoch:
-        raise CheckpointError(f"resume checkpoint of phase2 is after epoch {st.epochs_done} but the best model "
-                              f"(epoch {st.best_epoch}) is not in {resume_dir}; delete {resume_dir}/phase2.pt "
-                              f"to start over")
 
 
 def _baseline_block(base: dict) -> dict:
@@ -221,9 +157,9 @@ def _write_outputs(cfg: Config, trainer: Phase2Trainer, out: Outputs, base: dict
                    val: TokenSet, seconds: float, memory: dict) -> dict:
     st, p2 = trainer.state, cfg.phase2
     hist, last = st.history, st.history[-1]
-    kept = hist[st.best_epoch - 1]
-    atomic_torch_save(out.payload(trainer), paths.PHASE2_LATEST)
-    atomic_write_json(paths.sidecar(paths.PHASE2_LATEST), out.sidecar(trainer, last))
+    kept = hist[st.best - 1]
+    out.write(paths.PHASE2_BEST, st.kept, hist[:st.best], st.best)
+    out.write(paths.PHASE2_LATEST, checkpoint.state_on_cpu(trainer.model), hist, st.best)
     kn3 = _r(base["kn_trigram"]["ppl"], 4)
     atomic_write_text(paths.PHASE2_HISTORY, csv_text([{**{k: r[k] for k in CSV_COLUMNS}, "kn_trigram_ppl": kn3}
                                                       for r in hist]))
@@ -236,12 +172,12 @@ def _write_outputs(cfg: Config, trainer: Phase2Trainer, out: Outputs, base: dict
         "last": {"epoch": last["epoch"], "val": {"loss": _r(last["val_loss"]), "ppl": _r(last["val_ppl"], 4),
                                                  "acc": _r(last["val_acc"])},
                  "train": {"loss": _r(last["train_loss"]), "ppl": _r(last["train_ppl"], 4)}},
-        "best": {"epoch": st.best_epoch, "val_loss": _r(st.best_val_loss), "val_ppl": _r(kept["val_ppl"], 4)},
+        "best": {"epoch": st.best, "val_loss": _r(st.best_loss), "val_ppl": _r(kept["val_ppl"], 4)},
         "baseline": bl,
         "beats_unigram": bool(loss < bl["unigram_loss"]), "beats_bigram": bool(loss < bl["bigram_loss"]),
         "beats_kn_bigram": bool(loss < bl["kn_bigram_loss"]), "beats_kn_trigram": bool(loss < bl["kn_trigram_loss"]),
         "beats_majority": bool(kept["val_acc"] > bl["majority_acc"]),
-        "epochs": st.epochs_done, "optimizer_steps": st.steps, "best_epoch": st.best_epoch,
+        "epochs": st.done, "optimizer_steps": st.steps, "best_epoch": st.best,
         "stopped_early": st.stopped_early, "tokens": train.num_tokens, "val_tokens": val.num_tokens,
         "train_targets": trainer.train["num_targets"], "val_targets": trainer.val["num_targets"],
         "parameters": sum(p.numel() for p in {id(p): p for p in trainer.model.parameters()}.values()),
@@ -256,7 +192,7 @@ def _write_outputs(cfg: Config, trainer: Phase2Trainer, out: Outputs, base: dict
     }
     atomic_write_json(paths.PHASE2_METRICS, metrics)
     log.info("phase2 done: %d epochs, %d optimizer steps; kept epoch %d: val loss %.4f (ppl %.1f, acc %.2f%%) vs "
-             "Kneser-Ney trigram ppl %.1f; last epoch val loss %.4f; %.1fs", st.epochs_done, st.steps,
-             st.best_epoch, loss, kept["val_ppl"], 100 * kept["val_acc"], bl["kn_trigram_ppl"],
+             "Kneser-Ney trigram ppl %.1f; last epoch val loss %.4f; %.1fs", st.done, st.steps,
+             st.best, loss, kept["val_ppl"], 100 * kept["val_acc"], bl["kn_trigram_ppl"],
              last["val_loss"], seconds)
     return metrics

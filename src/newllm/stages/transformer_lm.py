@@ -22,16 +22,11 @@ from newllm.baselines.transformer import (
 from newllm.config import STAGE_SECTIONS, Config
 from newllm.data.tokens import TokenSet, load_token_set
 from newllm.errors import ConfigError, DataError, NumericalError
-from newllm.io import (
-    atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
-    csv_text,
-    state_dict_digest,
-)
+from newllm.io import atomic_torch_save, atomic_write_json, atomic_write_text, csv_text, state_dict_digest
 from newllm.lm_loss import limit_heap_retention
-from newllm.resume import ResumeStore, fingerprint, kept_message, resume_or_fresh
+from newllm.resume import fingerprint
 from newllm.runtime import Runtime, peak_memory
+from newllm.train.resumable import run_resumable
 
 log = logging.getLogger(__name__)
 SECTIONS = STAGE_SECTIONS["transformer_lm"]
@@ -63,40 +58,26 @@ def run(cfg: Config) -> dict:
         return TransformerTrainer(model, sequences(train.tokens, train.offsets, stream, length), val_seq, tc, rt,
                                   cfg.seed)
 
-    trainer = fresh()
     fp = fingerprint(cfg.section_dict("transformer"), [layers, heads, length, m.vocab_size, m.embed_dim], stream,
                      cfg.runtime.precision, cfg.seed,
                      state_dict_digest({"t": train.tokens, "o": train.offsets, "vt": val.tokens, "vo": val.offsets}))
-    store = ResumeStore(cfg.resume, "transformer", fp)
-    trainer, resumed = resume_or_fresh(store, trainer, lambda s: None, fresh,
-                                       lambda tr: f"transformer after epoch {tr.state.epochs_done}")
-    saved = {"epoch": trainer.state.epochs_done if resumed is not None else None}
-
-    def checkpoint(tr: TransformerTrainer) -> None:
-        if tr.state.epochs_done % tc.checkpoint_every == 0 or tr.done:
-            store.save({"trainer": tr.state_dict()})
-            saved["epoch"] = tr.state.epochs_done
-
-    try:
-        trainer.run(on_epoch_end=checkpoint)
-    except NumericalError as e:
-        raise NumericalError(f"{e}. " + kept_message(store, "epoch", saved["epoch"], "Nothing was written.")
-                             + " Try a lower transformer.learning_rate.") from None
+    run_ = run_resumable("transformer", cfg.resume, fp, fresh, tc.checkpoint_every, "Nothing was written.",
+                         "Try a lower transformer.learning_rate.")
+    trainer = run_.trainer
     shape = {"layers": layers, "heads": heads, "d_model": m.embed_dim, "ff_mult": tc.ff_mult, "context": length,
              "block_parameters": block_parameters(m.embed_dim, tc.ff_mult),
              "cvfp_layer_parameters": cvfp_layer_parameters(m.embed_dim, m.context_dim, m.num_layers)}
     metrics = _write_outputs(cfg, trainer, shape, train, time.perf_counter() - t_start, peak_memory(rt.device))
-    store.clear()
+    run_.done()
     return metrics
 
 
 def _write_outputs(cfg: Config, trainer: TransformerTrainer, shape: dict, train: TokenSet, seconds: float,
                    memory: dict) -> dict:
     st = trainer.state
-    kept, last = st.history[st.best_epoch - 1], st.history[-1]
-    atomic_torch_save({"model_state_dict": st.best_state, "config": {"seed": cfg.seed, **shape,
-                                                                     "transformer": cfg.section_dict("transformer")},
-                       "epoch": st.best_epoch}, paths.TRANSFORMER_CKPT)
+    kept, last = st.history[st.best - 1], st.history[-1]
+    atomic_torch_save({"model_state_dict": st.kept, "epoch": st.best, "config": {
+        "seed": cfg.seed, **shape, "transformer": cfg.section_dict("transformer")}}, paths.TRANSFORMER_CKPT)
     atomic_write_text(paths.TRANSFORMER_HISTORY, csv_text(st.history))
     epoch_s = sum(r["time_s"] for r in st.history)
     params = {id(p): p for p in trainer.model.parameters()}.values()
@@ -107,7 +88,7 @@ def _write_outputs(cfg: Config, trainer: TransformerTrainer, shape: dict, train:
     metrics = {
         "val": figs(kept), "train": {"loss": round(kept["train_loss"], 6), "ppl": round(kept["train_ppl"], 4)},
         "last": {"epoch": last["epoch"], "val": figs(last)},
-        "best_epoch": st.best_epoch, "epochs": st.epochs_done, "stopped_early": st.stopped_early,
+        "best_epoch": st.best, "epochs": st.done, "stopped_early": st.stopped_early,
         "optimizer_steps": st.steps, "parameters": sum(p.numel() for p in params), **shape,
         "val_targets": trainer.num_val_targets, "train_targets": trainer.num_train_targets,
         "tokens": train.num_tokens, "time_s": round(seconds, 2), "epoch_time_s": round(epoch_s, 2),
@@ -116,6 +97,6 @@ def _write_outputs(cfg: Config, trainer: TransformerTrainer, shape: dict, train:
     }
     atomic_write_json(paths.TRANSFORMER_METRICS, metrics)
     log.info("transformer done (%d layers, %d heads, %.2f M parameters): kept epoch %d val loss %.4f (ppl %.1f, "
-             "acc %.2f%%), %.1fs", shape["layers"], shape["heads"], metrics["parameters"] / 1e6, st.best_epoch,
+             "acc %.2f%%), %.1fs", shape["layers"], shape["heads"], metrics["parameters"] / 1e6, st.best,
              kept["val_loss"], kept["val_ppl"], 100 * kept["val_acc"], seconds)
     return metrics

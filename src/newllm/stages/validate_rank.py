@@ -7,9 +7,10 @@ import time
 import torch
 
 from newllm import paths
+from newllm.cvfp import checkpoint
 from newllm.config import STAGE_SECTIONS, Config, Phase1Config
 from newllm.cvfp.engine import Schedule
-from newllm.cvfp.phase1 import convergence_diffs, embed_all
+from newllm.cvfp.passes import convergence_diffs, embed_all
 from newllm.cvfp.rank import (
     context_report,
     effective_rank,
@@ -20,7 +21,6 @@ from newllm.data.tokens import load_token_set
 from newllm.errors import CheckpointError, DataError, NewLLMError
 from newllm.io import atomic_write_json, atomic_write_text, torch_load
 from newllm.runtime import Progress, Runtime, peak_memory
-from newllm.stages.phase1_fixed_point import load_checkpoint
 
 log = logging.getLogger(__name__)
 SECTIONS = STAGE_SECTIONS["validate_rank"]
@@ -43,7 +43,7 @@ def run(cfg: Config) -> dict:
     t0 = time.perf_counter()
     v = cfg.validate
     rt = Runtime.from_config(cfg.runtime)
-    model, side = load_checkpoint(rt)
+    model, side = checkpoint.load_phase1(rt)
     mcfg, p1 = model.cfg, Phase1Config(**side["config"]["phase1"])
     train = load_token_set(paths.TOKENS_TRAIN, mcfg.vocab_size)
     val = load_token_set(paths.TOKENS_VAL, mcfg.vocab_size)
