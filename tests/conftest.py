@@ -13,7 +13,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 # every .gitignore of the repository (the DVC outputs' entries are committed, so a run leaves
 # only dvc.lock to commit)
-IGNORE_FILES = (".gitignore", "data/.gitignore", "models/.gitignore", "metrics/.gitignore", "reports/.gitignore")
+IGNORE_FILES = (".gitignore", "data/.gitignore", "models/.gitignore", "metrics/.gitignore", "metrics/rows/.gitignore",
+                "reports/.gitignore")
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "chat_sample.jsonl"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

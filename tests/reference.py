@@ -110,7 +110,7 @@ def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
         next_token_targets,
         trainable_parameters,
     )
-    from newllm.train.optim import make_optimizer
+    from newllm.train.optim import OptimSpec, make_optimizer
 
     order = token_order(offsets.tolist(), stream)
     tokens = tokens.long()
@@ -124,6 +124,8 @@ def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
     b_size = n if (cfg.batch_tokens <= 0 or cfg.batch_tokens >= n) else cfg.batch_tokens
     has = [int(tgt[i]) >= 0 for i, _, _ in order]
     total_targets = sum(has)
+    spec = OptimSpec.of(cfg)  # the learning rate of each step (constant, or warm-up and cosine)
+    total_steps = cfg.epochs * sum(any(has[b:b + b_size]) for b in range(0, n, b_size))
     losses, steps = [], 0
     for epoch in range(cfg.epochs):
         carry = [torch.zeros(d_c) for _ in range(n_streams)]
@@ -146,6 +148,8 @@ def phase2_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
                 (ce / n_targets).backward()
                 ce_sum += float(ce.detach())
             if pos + 1 == b1 and n_targets > 0:
+                for group in opt.param_groups:
+                    group["lr"] = spec.lr_at(steps, total_steps)
                 _step(params, opt, cfg.gradient_clip, grad_sink)
                 steps += 1
         losses.append(ce_sum / max(total_targets, 1))

@@ -108,8 +108,80 @@ def test_every_baseline_scores_exactly_phase2s_pairs(stream):
     x, y = sequences(ts.tokens, ts.offsets, stream, 9)
     keep = y >= 0
     assert sorted(zip(x[keep].tolist(), y[keep].tolist())) == want
-    e = ngram.evaluate(ts.tokens, ts.offsets, ts.tokens, ts.offsets, stream, 20)
-    assert e["val_pairs"] == len(want)
+    scores, ce = ngram.Baselines(ts.tokens, ts.offsets, stream, 20).scores(ts.tokens, ts.offsets)
+    assert scores["pairs"] == len(want) and all(v.numel() == len(want) for v in ce.values())
+
+
+def test_majority_by_hand():
+    train = from_lists([[0, 1, 0, 1, 2], [3]])
+    val = from_lists([[1, 0, 3], [2, 1]])
+    # train targets 1 0 1 2 (sample streams): 1 is the majority; val targets 0 3 1
+    scores, _ = ngram.Baselines(train.tokens, train.offsets, "sample", 4).scores(val.tokens, val.offsets)
+    assert scores["majority"] == {"acc": pytest.approx(1 / 3), "token": 1} and scores["pairs"] == 3
+
+
+def _plain_mkn(train: list[tuple[int, int, int]], V: int, order: int):
+    """Modified Kneser-Ney written out with dicts and loops: Chen & Goodman's D1, D2, D3+ per order
+    (k/2 where undefined or not above 0), continuation counts below the top order."""
+    def discounts(counts):
+        n = [sum(1 for c in counts.values() if c == k) for k in range(5)]
+        y = n[1] / (n[1] + 2 * n[2]) if n[1] else None
+        ds = []
+        for k in (1, 2, 3):
+            d = k - (k + 1) * y * n[k + 1] / n[k] if y is not None and n[k] else 0.0
+            ds.append(d if d > 0 else k / 2)
+        return ds
+
+    def level(counts, lower):
+        d = discounts(counts)
+        disc = lambda c: 0.0 if c == 0 else d[min(c, 3) - 1]  # noqa: E731
+        total, gamma = defaultdict(float), defaultdict(float)
+        for (h, w), c in counts.items():
+            total[h] += c
+            gamma[h] += disc(c)
+        return lambda h, w: ((max(counts.get((h, w), 0) - disc(counts.get((h, w), 0)), 0) + gamma[h] * lower(h, w))
+                             / total[h] if total[h] else lower(h, w))
+
+    big = Counter((v, w) for _, v, w in train)
+    uni = level(dict(Counter((0, w) for (v, w) in big)), lambda h, w: 1 / V)
+    if order == 2:
+        top = level(dict(big), lambda h, w: uni(0, w))
+        return lambda u, v, w: top(v, w)
+    mid = level(dict(Counter((v, w) for (u, v, w) in set(train))), lambda h, w: uni(0, w))
+    top = level(dict(Counter(((u, v), w) for u, v, w in train)), lambda h, w: mid(h[1], w))
+    return lambda u, v, w: top((u, v), w)
+
+
+@pytest.mark.parametrize("stream", ["sample", "corpus"])
+def test_modified_kneser_ney_equals_a_plain_implementation_and_normalises(stream):
+    V = 9
+    tr = random_tokens(3, (60, 12, 45, 1, 80), vocab=V)
+    va = random_tokens(4, (15, 9, 20), vocab=V)
+    train = ngram.triples(tr.tokens, tr.offsets, stream, V)
+    val = ngram.triples(va.tokens, va.offsets, stream, V)
+    rows = [tuple(r) for r in train.tolist()]
+    for order in (2, 3):
+        mkn = ngram.ModifiedKneserNey(train, V, order)
+        plain = _plain_mkn(rows, V, order)
+        assert mkn.prob(val).tolist() == pytest.approx([plain(*r) for r in val.tolist()], rel=1e-12)
+        for u, v in [(V, 0), (3, 4), (8, 8), (V, 7), (5, 5)]:  # seen and unseen histories
+            q = torch.tensor([[u, v, w] for w in range(V)])
+            p = mkn.prob(q)
+            assert float(p.sum()) == pytest.approx(1.0, abs=1e-12) and bool((p > 0).all())
+
+
+def test_modified_discounts_by_hand_and_when_nothing_occurs_once():
+    # counts 1 1 1 2 2 3 4 -> n1..n4 = 3, 2, 1, 1: Y = 3/7, D1 = 1 - 2Y 2/3, D2 = 2 - 3Y 1/2, D3+ = 3 - 4Y 1/1
+    c = ngram.Counts(torch.tensor([0, 1, 2, 3, 3, 4, 4, 5, 5, 5, 6, 6, 6, 6]))
+    y = 3 / 7
+    assert c.modified_discounts() == pytest.approx((1 - 2 * y * 2 / 3, 2 - 3 * y / 2, 3 - 4 * y))
+    # every training bigram seen twice: no n1, so every closed form is undefined -> k/2
+    V = 5
+    train = ngram.triples(torch.tensor([0, 1, 0, 1, 0, 2, 3, 2, 3, 2]), torch.tensor([0, 5, 10]), "sample", V)
+    mkn = ngram.ModifiedKneserNey(train, V, 2)
+    assert mkn.top.d == (0.5, 1.0, 1.5)
+    p = mkn.prob(torch.tensor([[V, 0, w] for w in range(V)]))
+    assert float(p[4]) > 0 and float(p.sum()) == pytest.approx(1.0, abs=1e-12)  # token 4 never seen
 
 
 def test_transformer_is_causal_and_sized_by_the_cvfp_budget():

@@ -144,22 +144,64 @@ def rows_n(n: int) -> list:
     return [row(f"question {i}", f"answer {i}") for i in range(n)]
 
 
+def in_split_order(rows: list, split_seed: int = 0) -> list:
+    """The rows in the random order of ``split_seed``: sorted by their keyed hash (the oracle of
+    fetch.first_in_order's streaming heap)."""
+    return sorted(rows, key=lambda r: fetch.split_key(r["prompt_id"], split_seed))
+
+
 def test_jsonl_split_rule(tmp_path):
-    path = write_jsonl(tmp_path / "c.jsonl", rows_n(10))
-    data = fetch.fetch(data_cfg(source="jsonl", path=str(path), num_samples=4, val_fraction=0.3).data, 0)
-    assert [r["prompt"] for r in data.train] == [f"question {i}" for i in range(4)]
-    assert [r["prompt"] for r in data.val] == ["question 4", "question 5"]  # ceil(0.3 * 4) = 2
-    assert data.train == rows_n(4) and not data.skipped
+    rows = rows_n(20)
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    data = fetch.fetch(data_cfg(source="jsonl", path=str(path), num_samples=8, val_fraction=0.3,
+                                test_fraction=0.2).data)
+    order = in_split_order(rows)
+    assert data.train == order[:8] and data.val == order[8:11] and data.test == order[11:13]  # ceil(2.4) = 3
+    assert data.train != rows[:8] and not data.skipped  # shuffled, not the file's first rows
 
 
-def test_parquet_streams_like_jsonl(tmp_path):
-    rows = rows_n(6)
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
-    write_jsonl(tmp_path / "c.jsonl", rows)
-    got = [fetch.fetch(data_cfg(source="jsonl", path=str(tmp_path / f"c.{ext}"), num_samples=4,
-                                val_fraction=0.5).data, 0) for ext in ("parquet", "jsonl")]
-    for data in got:
-        assert data.train == rows[:4] and data.val == rows[4:6]
+def test_splits_are_disjoint_deterministic_nested_and_independent_of_the_file_order(tmp_path):
+    rows = rows_n(40)
+    shuffled = rows[:]
+    random.Random(1).shuffle(shuffled)
+    ids = lambda rs: [r["prompt_id"] for r in rs]  # noqa: E731
+    got = {}
+    for name, file_rows in (("a", rows), ("b", shuffled)):
+        path = write_jsonl(tmp_path / f"{name}.jsonl", file_rows)
+        for n in (5, 10):
+            got[name, n] = fetch.fetch(data_cfg(source="jsonl", path=str(path), num_samples=n).data)
+    small, big = got["a", 5], got["a", 10]
+    for n in (5, 10):  # the file's order does not matter
+        assert (got["b", n].train, got["b", n].val, got["b", n].test) == (got["a", n].train, got["a", n].val,
+                                                                          got["a", n].test)
+    assert not set(ids(big.train)) & set(ids(big.val)) | set(ids(big.train)) & set(ids(big.test)) \
+        | set(ids(big.val)) & set(ids(big.test))
+    assert big.train[:5] == small.train  # more training rows add to the smaller scale's
+    other = fetch.fetch(data_cfg(source="jsonl", path=str(tmp_path / "a.jsonl"), num_samples=10,
+                                 split_seed=1).data)
+    assert other.train != big.train and sorted(ids(other.train + other.val + other.test)) != \
+        sorted(ids(big.train + big.val + big.test)) or other.test != big.test
+
+
+def test_a_repeated_conversation_is_skipped_so_splits_stay_disjoint(tmp_path):
+    rows = rows_n(12)
+    path = write_jsonl(tmp_path / "c.jsonl", rows + rows[:3])
+    data = fetch.fetch(data_cfg(source="jsonl", path=str(path), num_samples=8, val_fraction=0.2,
+                                test_fraction=0.2).data)
+    assert data.skipped == {"duplicate_prompt_id": 3}
+    assert data.train + data.val + data.test == in_split_order(rows)
+
+
+def test_splits_do_not_depend_on_the_training_seed(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", rows_n(20))
+    for source, extra in (("jsonl", {"path": str(path)}), ("chatterbot", {"max_seq_length": 32})):
+        runs = []
+        for seed in (0, 7):
+            out = tmp_path / f"{source}{seed}"
+            fetch_ultrachat.run(data_cfg(seed, source=source, num_samples=6, **extra), out / "raw",
+                                out / "fetch.json")
+            runs.append({s: (out / "raw" / f"{s}.jsonl").read_bytes() for s in ("train", "val", "test")})
+        assert runs[0] == runs[1], source
 
 
 def test_bad_lines_are_skipped_and_counted(tmp_path):
@@ -174,10 +216,10 @@ def test_bad_lines_are_skipped_and_counted(tmp_path):
              json.dumps(good[2]).encode()]
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    cfg = data_cfg(source="jsonl", path=str(path), num_samples=3, val_fraction=0.2)
+    cfg = data_cfg(source="jsonl", path=str(path), num_samples=2, val_fraction=0.2, test_fraction=0.2)
     data = fetch_ultrachat.run(cfg, tmp_path / "raw", tmp_path / "fetch.json")
-    assert data.train == [good[0], good[1], row("caf\u00e9 \u65e5\u672c \U0001f642")]
-    assert data.val == [good[2]]
+    assert data.train + data.val + data.test == in_split_order([good[0], good[1], row("caf\u00e9 \u65e5\u672c \U0001f642"),
+                                                                good[2]])
     info = json.loads((tmp_path / "raw" / "fetch_info.json").read_text())
     assert info["skipped"] == {"no_messages": 1, "not_utf8": 1, "non_string_message": 1, "not_json": 1}
     written = [json.loads(x) for x in (tmp_path / "raw" / "train.jsonl").read_text("utf-8").splitlines()]
@@ -186,16 +228,17 @@ def test_bad_lines_are_skipped_and_counted(tmp_path):
 
 def test_too_few_rows_after_skipping(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", rows_n(3) + [{"prompt": "x"}] * 2)
-    with pytest.raises(DataError, match=r"only 3 usable rows \(2 rows skipped: no_messages 2\).*4 are needed"):
-        fetch.fetch(data_cfg(source="jsonl", path=str(path), num_samples=3, val_fraction=0.1).data, 0)
+    with pytest.raises(DataError, match=r"only 3 usable rows \(2 rows skipped: no_messages 2\).*5 are needed"):
+        fetch.fetch(data_cfg(source="jsonl", path=str(path), num_samples=3, val_fraction=0.1,
+                             test_fraction=0.1).data)
 
 
 def test_empty_and_missing_files(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(DataError, match="is empty"):
-        fetch.fetch(data_cfg(source="jsonl", path=str(tmp_path / "empty.jsonl")).data, 0)
+        fetch.fetch(data_cfg(source="jsonl", path=str(tmp_path / "empty.jsonl")).data)
     with pytest.raises(DataError, match="is not a file"):
-        fetch.fetch(data_cfg(source="jsonl", path=str(tmp_path / "nope.jsonl")).data, 0)
+        fetch.fetch(data_cfg(source="jsonl", path=str(tmp_path / "nope.jsonl")).data)
 
 
 # ---------------------------------------------------------------------------
@@ -211,23 +254,24 @@ def test_pack_dialogs_stops_at_the_threshold():
 
 
 def test_chatterbot_packing_rule(tok):
-    cfg = data_cfg(seed=3, source="chatterbot", num_samples=6, val_fraction=0.5, max_seq_length=32).data
-    data = fetch.fetch(cfg, 3)
-    assert (len(data.train), len(data.val)) == (6, 3)
-    for r in data.train + data.val:
+    cfg = data_cfg(source="chatterbot", num_samples=6, val_fraction=0.5, split_seed=3, max_seq_length=32).data
+    data = fetch.fetch(cfg)
+    assert (len(data.train), len(data.val), len(data.test)) == (6, 3, 2)
+    for r in data.train + data.val + data.test:
         assert len(tok.encode(tokenize.conversation_text(r)).ids) >= 32
     # packs are consecutive whole dialogs of the seeded shuffle, so train and val share none
     dialogs = fetch.chatterbot_dialogs(fetch.chatterbot_dir(), Counter())
     assert len(set(map(tuple, dialogs))) == len(dialogs)
     random.Random(3).shuffle(dialogs)
-    utterances = [m["content"] for r in data.train + data.val for m in r["messages"]]
+    utterances = [m["content"] for r in data.train + data.val + data.test for m in r["messages"]]
     assert utterances == [u for d in dialogs for u in d][:len(utterances)]
-    assert fetch.fetch(cfg, 3) == data and fetch.fetch(cfg, 4).train != data.train
+    other = data_cfg(source="chatterbot", num_samples=6, val_fraction=0.5, split_seed=4, max_seq_length=32).data
+    assert fetch.fetch(cfg) == data and fetch.fetch(other).train != data.train
 
 
 def test_chatterbot_runs_out_with_a_clear_error():
     with pytest.raises(DataError, match=r"chatterbot corpus gives only \d+ samples.*num_samples <= \d+"):
-        fetch.fetch(data_cfg(source="chatterbot", num_samples=5000).data, 0)
+        fetch.fetch(data_cfg(source="chatterbot", num_samples=5000).data)
 
 
 # ---------------------------------------------------------------------------
@@ -244,6 +288,23 @@ def test_hub_unreachable_stage_fails_fast_naming_alternatives(tmp_path):
     assert p.returncode == 2, p.stderr
     assert "chatterbot" in p.stderr and "jsonl" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_hub_splits_through_datasets_on_a_local_copy(tmp_path):
+    """The Hub code path after the reachability probe, on a local dataset folder read through the
+    same ``datasets.load_dataset(..., streaming=True)`` call: training rows in stream order,
+    validation and test rows from the held-out split by the parity of their split key."""
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    for split in ("train_sft", "test_sft"):
+        write_jsonl(tmp_path / "hub" / "data" / f"{split}-00000-of-00001.jsonl",
+                    [row(f"{split} {i}", prompt_id=f"{split}-{i}") for i in range(40)])
+    cfg = data_cfg(source="ultrachat", hub_dataset=str(tmp_path / "hub"), num_samples=10, split_seed=5).data
+    train, _ = fetch._stream_hub_split(cfg, cfg.train_split, cfg.num_samples)
+    val, test, skipped = fetch._held_out(cfg)
+    assert [r["prompt_id"] for r in train] == [f"train_sft-{i}" for i in range(10)] and not skipped
+    held = [f"test_sft-{i}" for i in range(40)]
+    assert [r["prompt_id"] for r in val] == [h for h in held if fetch.split_key(h, 5) % 2 == 0][:2]
+    assert [r["prompt_id"] for r in test] == [h for h in held if fetch.split_key(h, 5) % 2 == 1][:2]
 
 
 def test_fetch_stage_runs_without_torch(tmp_path):
@@ -265,23 +326,24 @@ def test_fetch_stage_runs_without_torch(tmp_path):
 
 
 def test_exact_tokens_and_metrics(tmp_path):
-    path = write_jsonl(tmp_path / "c.jsonl", [
-        row("Hello world"),                                     # 2 tokens
-        row("Hello world", "Hello world"),                      # 5 tokens -> 4
-        row(" The quick brown fox jumps over the lazy dog."),   # 10 tokens -> 4
-        {"prompt": "skipped"}])
-    m = run_both(tmp_path, source="jsonl", path=str(path), num_samples=2, val_fraction=0.5,
+    rows = [row("Hello world", prompt_id="a"),                                   # 2 tokens
+            row("Hello world", "Hello world", prompt_id="b"),                    # 5 tokens -> 4
+            row(" The quick brown fox jumps over the lazy dog.", prompt_id="c"),  # 10 tokens -> 4
+            row("Hello you", prompt_id="d")]                                     # 2 tokens
+    ids = {"a": [15496, 995], "b": [15496, 995, 198, 15496], "c": [383, 2068, 7586, 21831], "d": [15496, 345]}
+    path = write_jsonl(tmp_path / "c.jsonl", rows + [{"prompt": "skipped"}])
+    m = run_both(tmp_path, source="jsonl", path=str(path), num_samples=2, val_fraction=0.5, test_fraction=0.5,
                  max_seq_length=4)
-    train = load_token_set(tmp_path / "tokens" / "train.pt", 50257)
-    val = load_token_set(tmp_path / "tokens" / "val.pt", 50257)
-    assert train.tokens.tolist() == [15496, 995, 15496, 995, 198, 15496]
-    assert train.offsets.tolist() == [0, 2, 6]
-    assert val.tokens.tolist() == [383, 2068, 7586, 21831]
+    order = [r["prompt_id"] for r in in_split_order(rows)]
+    want = {"train": order[:2], "val": order[2:3], "test": order[3:4]}
+    for split, pids in want.items():
+        ts = load_token_set(tmp_path / "tokens" / f"{split}.pt", 50257)
+        assert ts.tokens.tolist() == [t for pid in pids for t in ids[pid]], split
+        assert m[split]["samples"] == len(pids) and m[split]["tokens"] == ts.num_tokens
+        assert m[split]["short_samples"] == sum(len(ids[pid]) < 4 for pid in pids)
     assert m == json.loads((tmp_path / "metrics" / "data.json").read_text())
-    assert m["train"] == {"samples": 2, "tokens": 6, "short_samples": 1}
-    assert m["val"] == {"samples": 1, "tokens": 4, "short_samples": 0, "unseen_type_frac": 1.0}
     assert (m["vocab_size"], m["source"], m["tokenizer"]) == (50257, "jsonl", "gpt2-offline")
-    assert m["skipped_rows"] == {"total": 0}  # the bad row comes after the rows needed
+    assert m["skipped_rows"] == {"total": 1, "no_messages": 1}  # every row is read (the order needs them all)
     assert tokenizer.load_tokenizer(tmp_path / "tokenizer").encode("Hello world").ids == [15496, 995]
 
 
@@ -301,12 +363,17 @@ def test_tokenize_without_raw_data(tmp_path):
 def test_chat_sample_token_counts(chat_sample, tmp_path, tok):
     m = run_both(tmp_path, source="jsonl", path=str(chat_sample), num_samples=781)
     with open(chat_sample, encoding="utf-8") as f:  # not splitlines(): contents hold U+2028
-        rows = [json.loads(line) for line in f]
+        rows = in_split_order([json.loads(line) for line in f])
     texts = ["\n".join(msg["content"] for msg in r["messages"]) for r in rows]
     lengths = [min(len(e.ids), 128) for e in tok.encode_batch(texts, add_special_tokens=False)]
-    assert m["train"]["samples"] == 781 and m["val"]["samples"] == 157
+    assert m["train"]["samples"] == 781 and m["val"]["samples"] == m["test"]["samples"] == 157
     assert m["train"]["tokens"] == sum(lengths[:781])
     assert m["val"]["tokens"] == sum(lengths[781:781 + 157])
+    assert m["test"]["tokens"] == sum(lengths[781 + 157:781 + 314])
     train = load_token_set(tmp_path / "tokens" / "train.pt", 50257)
     assert (train.offsets[1:] - train.offsets[:-1]).tolist() == lengths[:781]
     assert torch.equal(train.tokens[train.offsets[5]:train.offsets[6]], torch.tensor(tok.encode(texts[5]).ids[:128]))
+    # the file is grouped by source (mostly English first): the shuffled splits share the mix
+    non_ascii = [sum(any(ord(ch) > 127 for ch in t[:200]) for t in part) / len(part)
+                 for part in (texts[:781], texts[781:938], texts[938:1095])]
+    assert max(non_ascii) - min(non_ascii) < 0.1, non_ascii

@@ -74,6 +74,6 @@ def test_notebook_runs_top_to_bottom_and_a_new_session_restores_from_drive(tmp_p
     assert "restored" in text and "2 experiments from" in text
     assert "scale-6: done in an earlier session" in text and "scale-8: done in an earlier session" in text
     assert {"scale-6", "scale-8"} <= set(DvcRepo(again).dvc("exp", "list", "--name-only").stdout.split())
-    for rel in ("models/model_latest.pt", "models/phase1.pt", "data/tokens/train.pt", "reports/report.html"):
+    for rel in ("models/phase2_best.pt", "models/phase1.pt", "data/tokens/train.pt", "reports/report.html"):
         assert (again / rel).is_file(), rel
     assert "Data and pipelines are up to date" in text

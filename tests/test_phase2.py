@@ -14,7 +14,6 @@ from reference import phase2_reference, token_order
 from toy import from_lists, phase2_inputs
 
 import newllm.cvfp.phase2 as phase2_module
-from newllm.baselines.ngram import baselines
 from newllm.config import ModelConfig, Phase2Config, from_dict
 from newllm.cvfp.model import build_model
 from newllm.cvfp.phase2 import Phase2Trainer, prepare_head
@@ -134,9 +133,10 @@ def test_full_batch_fp32_matches_reference(mode, head, freeze):
 
 
 @pytest.mark.parametrize("mode", ["sample", "corpus"])
-@pytest.mark.parametrize("batch_tokens", [1, 4, 7])
-def test_minibatch_steps_match_reference_float64(mode, batch_tokens):
-    cfg = P2(epochs=2, batch_tokens=batch_tokens, chunk_tokens=3, learning_rate=0.01)
+@pytest.mark.parametrize("batch_tokens,schedule", [(1, "constant"), (4, "constant"), (7, "constant"), (4, "cosine")])
+def test_minibatch_steps_match_reference_float64(mode, batch_tokens, schedule):
+    cfg = P2(epochs=2, batch_tokens=batch_tokens, chunk_tokens=3, learning_rate=0.01, lr_schedule=schedule,
+             warmup_fraction=0.2, weight_decay=0.1 if schedule == "cosine" else 0.0)
     tr, m1, m2, ref, g_fast, g_ref = run_both(mode, cfg, torch.float64)
     # batches without a target take no step (e.g. a last batch holding only streams' last tokens)
     ts = toy_tokens()
@@ -191,42 +191,15 @@ def test_chunked_loss_equals_unchunked():
         tr = make_trainer(model, P2(epochs=1, batch_tokens=0, chunk_tokens=chunk))
         with spy_gradients(train_core) as grads:
             tr.run()
-        out[chunk] = (tr.state.history[0], grads[0], tr.evaluate())
+        out[chunk] = (tr.state.history[0], grads[0], tr.evaluate(pairs=True))
     h0, g0, v0 = out[10_000]
     for chunk in (1, 3):
         h, g, v = out[chunk]
         assert abs(h["train_loss"] - h0["train_loss"]) < 1e-6
-        assert abs(v[0] - v0[0]) < 1e-6 and v[1] == v0[1]
+        assert abs(v.loss - v0.loss) < 1e-6 and v.acc == v0.acc
+        assert torch.allclose(v.pair_ce, v0.pair_ce, atol=1e-6)
         for a, b in zip(g, g0):
             assert torch.allclose(a, b, atol=1e-7, rtol=1e-5)
-
-
-def test_baselines_by_hand():
-    V = 4
-    train = from_lists([[0, 1, 0, 1, 2], [3]])
-    val = from_lists([[1, 0, 3], [2, 1]])
-    b = baselines(train.tokens, train.offsets, val.tokens, val.offsets, "sample", V)
-    # train pairs (0,1) (1,0) (0,1) (1,2): target counts [1, 2, 1, 0] of 4 -> p = (n+1)/(4+4)
-    # val targets 0, 3, 1
-    uni = -(math.log(2 / 8) + math.log(1 / 8) + math.log(3 / 8)) / 3
-    # p(0|1) = (1+1)/(2+4), p(3|0) = (0+1)/(2+4), p(1|2) = (0+1)/(0+4)
-    bi = -(math.log(2 / 6) + math.log(1 / 6) + math.log(1 / 4)) / 3
-    assert b["unigram_loss"] == pytest.approx(uni, abs=1e-12)
-    assert b["unigram_ppl"] == pytest.approx(math.exp(uni), rel=1e-12)
-    assert b["bigram_loss"] == pytest.approx(bi, abs=1e-12)
-    assert b["bigram_ppl"] == pytest.approx(math.exp(bi), rel=1e-12)
-    assert b["majority_token"] == 1 and b["majority_acc"] == pytest.approx(1 / 3)
-    assert (b["train_pairs"], b["val_pairs"]) == (4, 3)
-
-    c = baselines(train.tokens, train.offsets, val.tokens, val.offsets, "corpus", V)
-    # corpus [0,1,0,1,2,3]: pairs add (2,3): counts [1, 2, 1, 1] of 5 -> (n+1)/9
-    # val corpus [1,0,3,2,1]: targets 0, 3, 2, 1
-    uni = -(3 * math.log(2 / 9) + math.log(3 / 9)) / 4
-    # p(0|1) = 2/6, p(3|0) = 1/6, p(2|3) = (0+1)/(0+4), p(1|2) = (0+1)/(1+4)
-    bi = -(math.log(2 / 6) + math.log(1 / 6) + math.log(1 / 4) + math.log(1 / 5)) / 4
-    assert c["unigram_loss"] == pytest.approx(uni, abs=1e-12)
-    assert c["bigram_loss"] == pytest.approx(bi, abs=1e-12)
-    assert c["majority_acc"] == pytest.approx(1 / 4)
 
 
 def test_nan_in_head_stops_with_numerical_error():
@@ -239,7 +212,8 @@ def test_nan_in_head_stops_with_numerical_error():
 
 
 OPTIONS = [{"freeze_context": False}, {"freeze_context": True}, {"dropout": 0.3}, {"context_noise_std": 0.2},
-           {"weight_decay": 0.1}, {"freeze_embeddings": True}, {"tie": True}]
+           {"weight_decay": 0.1}, {"freeze_embeddings": True}, {"tie": True},
+           {"lr_schedule": "cosine", "warmup_fraction": 0.3}]
 
 
 def _model(seed: int, tie: bool):
@@ -392,6 +366,7 @@ def stage_inputs(tmp_path, monkeypatch, passed=True):
     monkeypatch.chdir(tmp_path)
     save_token_set(toy_tokens(0, (12, 9, 16, 5, 12), vocab=64), paths.TOKENS_TRAIN)
     save_token_set(toy_tokens(1, (10, 7, 11), vocab=64), paths.TOKENS_VAL)
+    save_token_set(toy_tokens(2, (9, 6, 12, 1), vocab=64), paths.TOKENS_TEST)
     phase1.run(from_dict(PARAMS, phase1.SECTIONS))
     phase2_inputs(passed)
 
@@ -406,31 +381,31 @@ def test_stage_writes_outputs_and_resumes_identically(tmp_path, monkeypatch, cap
     m = phase2.run(cfg)
     assert "FAILED validate_rank" in caplog.text
     for key in ("epochs", "optimizer_steps", "best_epoch", "time_s", "tokens_per_s", "peak_rss_mb",
-                "embeddings", "precision", "device", "beats_unigram"):
+                "embeddings", "precision", "device", "test_tokens"):
         assert key in m, key
     assert set(m["val"]) >= {"loss", "ppl", "acc"} and set(m["train"]) >= {"loss", "ppl"}
-    assert set(m["baseline"]) >= {"unigram_ppl", "bigram_ppl", "majority_acc", "unigram_loss", "bigram_loss"}
+    assert set(m["test"]) == {"loss", "ppl", "acc"} and not any(k.startswith("beats_") for k in m)
     assert json.loads(paths.PHASE2_METRICS.read_text()) == m
     rows = list(csv.DictReader(paths.PHASE2_HISTORY.open()))
-    assert list(rows[0]) == [*phase2.CSV_COLUMNS, "kn_trigram_ppl"] and [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert list(rows[0]) == phase2.CSV_COLUMNS and [r["epoch"] for r in rows] == ["1", "2", "3"]
     # the headline figures are the kept (best) epoch's, the last epoch's stand beside them
     kept = rows[m["best_epoch"] - 1]
     assert m["val"]["loss"] == pytest.approx(float(kept["val_loss"]), abs=1e-6)
     assert m["val"]["acc"] == pytest.approx(float(kept["val_acc"]), abs=1e-6)
     assert m["last"]["epoch"] == 3 and m["last"]["val"]["loss"] == pytest.approx(float(rows[-1]["val_loss"]), abs=1e-6)
-    assert m["beats_kn_trigram"] == (m["val"]["loss"] < m["baseline"]["kn_trigram_loss"])
-    latest = torch.load(paths.PHASE2_LATEST, weights_only=True)
-    assert set(latest) == {"model_state_dict", "config", "epoch", "phase2_history"}
-    assert latest["epoch"] == 3 and len(latest["phase2_history"]["val_loss"]) == 3
+    # the test figures are the kept epoch's: its per-conversation sums give the same loss
+    table = {k: [float(r[k]) for r in csv.DictReader(paths.rows_file("phase2").open())] for k in ("targets", "cvfp")}
+    assert sum(table["cvfp"]) / sum(table["targets"]) == pytest.approx(m["test"]["loss"], abs=1e-6)
+    assert sum(table["targets"]) == 9 + 6 + 12 - 3  # one target fewer than tokens per sample
     best = torch.load(paths.PHASE2_BEST, weights_only=True)
+    assert set(best) == {"model_state_dict", "config", "epoch", "phase2_history"}
     side = json.loads(paths.sidecar(paths.PHASE2_BEST).read_text())
-    assert best["epoch"] == side["best_epoch"] == m["best_epoch"]
+    assert best["epoch"] == side["best_epoch"] == m["best_epoch"] == len(best["phase2_history"]["val_loss"])
     assert not any(Path("resume").glob("*.pt"))
-    load_for_generation(paths.PHASE2_LATEST)
+    load_for_generation(paths.PHASE2_BEST)
 
-    # interrupted after epoch 2 (a checkpoint was saved), then re-run: same final weights
-    for p in (paths.PHASE2_LATEST, paths.PHASE2_BEST):
-        p.unlink()
+    # interrupted after epoch 2 (a checkpoint was saved), then re-run: the same outputs
+    paths.PHASE2_BEST.unlink()
     orig = T.run_unit
 
     def dying(self, e):
@@ -447,12 +422,12 @@ def test_stage_writes_outputs_and_resumes_identically(tmp_path, monkeypatch, cap
     with caplog.at_level("INFO"):
         m2 = phase2.run(cfg)
     assert "resumed phase2 after epoch 2" in caplog.text
-    again = torch.load(paths.PHASE2_LATEST, weights_only=True)
-    for k, v in latest["model_state_dict"].items():
+    again = torch.load(paths.PHASE2_BEST, weights_only=True)
+    for k, v in best["model_state_dict"].items():
         assert torch.equal(v, again["model_state_dict"][k]), k
-    assert again["phase2_history"] == latest["phase2_history"]
-    assert torch.load(paths.PHASE2_BEST, weights_only=True)["epoch"] == best["epoch"]
-    assert m2["val"] == m["val"] and m2["optimizer_steps"] == m["optimizer_steps"]
+    assert again["phase2_history"] == best["phase2_history"] and again["epoch"] == best["epoch"]
+    assert m2["val"] == m["val"] and m2["test"] == m["test"] and m2["optimizer_steps"] == m["optimizer_steps"]
+    assert m2["last"] == m["last"]
 
 
 def test_stage_needs_the_gate(tmp_path, monkeypatch):
@@ -471,7 +446,7 @@ def test_stage_ignores_an_unreadable_resume_state(tmp_path, monkeypatch, caplog)
     stage_inputs(tmp_path, monkeypatch)
     cfg = from_dict(PARAMS, phase2.SECTIONS)
     ref = phase2.run(cfg)
-    ref_w = torch.load(paths.PHASE2_LATEST, weights_only=True)["model_state_dict"]
+    ref_w = torch.load(paths.PHASE2_BEST, weights_only=True)["model_state_dict"]
     orig = T.run_unit
 
     def dying(self, e):
@@ -488,6 +463,6 @@ def test_stage_ignores_an_unreadable_resume_state(tmp_path, monkeypatch, caplog)
     torch.save(state, "resume/phase2.pt")
     m = phase2.run(cfg)
     assert "unreadable state" in caplog.text
-    assert m["val"] == ref["val"]
-    for k, v in torch.load(paths.PHASE2_LATEST, weights_only=True)["model_state_dict"].items():
+    assert m["val"] == ref["val"] and m["last"] == ref["last"]
+    for k, v in torch.load(paths.PHASE2_BEST, weights_only=True)["model_state_dict"].items():
         assert torch.equal(v, ref_w[k]), k

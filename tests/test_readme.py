@@ -78,10 +78,10 @@ def test_the_readme_sequence_on_a_fresh_repository(tmp_path):
     assert after == head_first  # the restored outputs are the first run's
     outputs = dict(outputs)
     diff = outputs["dvc metrics diff"]
-    assert "train_er" in diff and "val_ppl" in diff
+    assert "train_er" in diff and "test_ppl" in diff
     show_cmd = next(c for c in outputs if c.startswith("dvc exp show"))
     show = outputs[show_cmd]
-    assert "scale-78" in show and all(k in show for k in ("train_er", "val_er", "final_diff", "val_ppl")), show
+    assert "scale-78" in show and all(k in show for k in ("train_er", "val_er", "final_diff", "test_ppl", "data.num_samples")), show
     for cmd in ("dvc metrics diff", show_cmd):
         assert max(map(len, outputs[cmd].splitlines())) <= 120, (cmd, outputs[cmd])
     shown = repo.run("dvc", "metrics", "show", env=env).stdout  # piped, as scripts/run.sh prints it

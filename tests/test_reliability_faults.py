@@ -59,9 +59,8 @@ def same_result(a: Path, b: Path, files: list[str]) -> None:
 
 
 PHASE1_FILES = ["metrics/phase1.json", "metrics/phase1_passes.csv", "models/phase1.pt", "models/phase1.json",
-                "data/contexts/train.pt", "data/contexts/val.pt"]
-PHASE2_FILES = ["metrics/phase2.json", "metrics/phase2_epochs.csv", "models/model_latest.pt",
-                "models/phase2_best.pt"]
+                "data/contexts/train.pt", "data/contexts/val.pt", "data/contexts/test.pt"]
+PHASE2_FILES = ["metrics/phase2.json", "metrics/phase2_epochs.csv", "models/phase2_best.pt", "metrics/rows/phase2.csv"]
 
 
 @pytest.fixture
@@ -184,7 +183,7 @@ def test_phase2_nan_parameter_stops_and_the_rerun_resumes_to_the_same_result(pre
 
     assert load_json(prepared_run / "metrics/phase2.json")["epochs"] == 2  # the fault hits epoch 2
     d = copy_run(prepared_run, tmp_path / "run")
-    final = ["metrics/phase2.json", "metrics/phase2_epochs.csv", "models/model_latest.pt", "models/model_latest.json"]
+    final = ["metrics/phase2.json", "metrics/phase2_epochs.csv", "models/phase2_best.pt", "models/phase2_best.json"]
     before = {k: v for k, v in outputs(d).items() if k in final}
     original = Phase2Trainer.run_unit
 
@@ -289,12 +288,12 @@ def test_same_params_and_seed_give_identical_results(prepared_run, tmp_path):
     d.mkdir()
     write_params(d)
     run_chain(d)
-    files = ["metrics/data.json", "data/tokens/train.pt", "data/tokens/val.pt", "data/raw/train.jsonl",
-             "data/raw/val.jsonl", *PHASE1_FILES]
+    files = ["metrics/data.json", "data/tokens/train.pt", "data/tokens/val.pt", "data/tokens/test.pt",
+             "data/raw/train.jsonl", "data/raw/val.jsonl", "data/raw/test.jsonl", *PHASE1_FILES]
     if VAL in chain():
         files += ["metrics/validate.json", "metrics/spectrum.csv", "metrics/convergence.csv", "data/gate.json"]
     if P2 in chain():
-        files += [*PHASE2_FILES, "models/model_latest.json", "models/phase2_best.json"]
+        files += [*PHASE2_FILES, "models/phase2_best.json"]
     same_result(prepared_run, d, files)
     metric_files = sorted(p.name for p in (prepared_run / "metrics").glob("*.json"))
     assert metric_files == sorted(p.name for p in (d / "metrics").glob("*.json"))

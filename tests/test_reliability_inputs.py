@@ -155,7 +155,7 @@ def _row(text: str) -> bytes:
 
 
 def test_bad_source_rows_are_skipped_and_counted_in_the_metrics(tmp_path):
-    good = [_row(f"Sentence number {i} of the local file.") for i in range(4)]
+    good = [_row(f"Sentence number {i} of the local file.") for i in range(5)]
     lines = [good[0],
              b'{"prompt": "no messages at all"}',
              json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(),
@@ -164,7 +164,7 @@ def test_bad_source_rows_are_skipped_and_counted_in_the_metrics(tmp_path):
              b"this line is not json",
              json.dumps({"messages": [{"role": "user", "content": "   "}]}).encode(),
              json.dumps({"messages": "not a list"}).encode(),
-             good[2], good[3]]
+             good[2], good[3], good[4]]
     (tmp_path / "chats.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     write_params(tmp_path, {"data": {"source": "jsonl", "path": "chats.jsonl", "num_samples": 3,
                                      "val_fraction": 0.2, "max_seq_length": 16}})
@@ -175,7 +175,7 @@ def test_bad_source_rows_are_skipped_and_counted_in_the_metrics(tmp_path):
     assert load_json(tmp_path / "data/raw/fetch_info.json")["skipped"] == counts
     m = load_json(tmp_path / "metrics/data.json")
     assert m["skipped_rows"] == {"total": 6, **counts}
-    assert m["train"]["samples"] == 3 and m["val"]["samples"] == 1
+    assert m["train"]["samples"] == 3 and m["val"]["samples"] == 1 and m["test"]["samples"] == 1
 
 
 @pytest.mark.parametrize("content, needles", [
@@ -264,7 +264,7 @@ def test_generate_refuses_a_checkpoint_with_a_damaged_config(prepared_run, tmp_p
     import subprocess
     import sys
 
-    ck = torch_load(prepared_run / "models/model_latest.pt")
+    ck = torch_load(prepared_run / "models/phase2_best.pt")
     ck["config"]["model"]["context_dim"] = "16"
     torch.save(ck, tmp_path / "bad.pt")
     p = subprocess.run([sys.executable, "-m", "newllm.generate", "--checkpoint", str(tmp_path / "bad.pt"),

@@ -10,10 +10,10 @@ from conftest import DvcRepo
 
 from newllm.io import sha256_file, state_dict_digest
 
-CACHED = ["data/raw/train.jsonl", "data/raw/val.jsonl", "data/tokens/train.pt", "data/tokens/val.pt",
-          "data/tokenizer/tokenizer.json", "data/contexts/train.pt", "data/contexts/val.pt", "data/gate.json",
-          "models/phase1.pt", "models/phase1.json", "models/model_latest.pt", "models/model_latest.json",
-          "models/phase2_best.pt", "models/phase2_best.json"]
+CACHED = ["data/raw/train.jsonl", "data/raw/val.jsonl", "data/raw/test.jsonl", "data/tokens/train.pt",
+          "data/tokens/val.pt", "data/tokens/test.pt", "data/tokenizer/tokenizer.json", "data/contexts/train.pt",
+          "data/contexts/val.pt", "data/contexts/test.pt", "data/gate.json", "models/phase1.pt", "models/phase1.json",
+          "models/phase2_best.pt", "models/phase2_best.json", "metrics/rows/phase2.csv", "metrics/comparison.json"]
 UP_TO_DATE = "Data and pipelines are up to date."
 
 
@@ -27,7 +27,7 @@ def test_push_wipe_pull_restores_everything(dvc_repo, tmp_path):
     repo.repro()
     repo.commit("run")
     before = files(repo.path)
-    weights = state_dict_digest(torch.load(repo.path / "models/model_latest.pt", weights_only=True)["model_state_dict"])
+    weights = state_dict_digest(torch.load(repo.path / "models/phase2_best.pt", weights_only=True)["model_state_dict"])
 
     remote = tmp_path / "drive" / "dvcstore"
     repo.dvc("remote", "add", "-d", "drive", str(remote))
@@ -43,7 +43,7 @@ def test_push_wipe_pull_restores_everything(dvc_repo, tmp_path):
 
     repo.dvc("pull")
     assert files(repo.path) == before
-    again = state_dict_digest(torch.load(repo.path / "models/model_latest.pt", weights_only=True)["model_state_dict"])
+    again = state_dict_digest(torch.load(repo.path / "models/phase2_best.pt", weights_only=True)["model_state_dict"])
     assert again == weights
     assert any((repo.path / ".dvc" / "cache" / "files" / "md5").rglob("*"))  # the cache is filled again
     assert UP_TO_DATE in repo.dvc("status").stdout

@@ -37,7 +37,7 @@ KILL_PARAMS = {
     "runtime": {"device": "cpu", "threads": 1},
     "report": {"max_new_tokens": 3},
 }
-MODELS = ["models/phase1.pt", "models/model_latest.pt", "models/phase2_best.pt"]
+MODELS = ["models/phase1.pt", "models/phase2_best.pt"]
 CONTEXTS = ["data/contexts/train.pt", "data/contexts/val.pt"]
 VOLATILE = ("time", "tokens_per_s", "tok_per_s", "peak", "rss", "_mb", "elapsed")
 
@@ -146,7 +146,7 @@ def test_kill9_in_phase1_then_in_phase2_resumes_bitwise(reference, tmp_path):
     assert f"resumed phase1 after pass {done - 1}" in out
     assert "phase1 pass 0 done" not in out  # nothing before the checkpoint is recomputed
     assert not ckpt.exists()  # cleared on success
-    assert not (d / "models/model_latest.pt").exists(), "Phase 2 had finished before the kill"
+    assert not (d / "models/phase2_best.pt").exists(), "Phase 2 had finished before the kill"
     done2 = torch.load(ckpt2, weights_only=True)["trainer"]["loop"]["done"]
     assert 1 <= done2 < KILL_PARAMS["phase2"]["epochs"]
 
@@ -178,6 +178,7 @@ def _toy_inputs(d: Path) -> None:
 
     save_token_set(tokens(0, (12, 9, 16, 5, 12)), paths.TOKENS_TRAIN)
     save_token_set(tokens(1, (10, 7, 11)), paths.TOKENS_VAL)
+    save_token_set(tokens(2, (9, 8)), paths.TOKENS_TEST)
 
 
 def _cfg(stage_module, upd: dict | None = None):
@@ -196,8 +197,7 @@ def _phase1_outputs() -> dict:
 
 def _phase2_outputs() -> dict:
     from newllm import paths
-    return {"model": state_dict_digest(torch.load(paths.PHASE2_LATEST, weights_only=True)["model_state_dict"]),
-            "best": state_dict_digest(torch.load(paths.PHASE2_BEST, weights_only=True)["model_state_dict"]),
+    return {"best": state_dict_digest(torch.load(paths.PHASE2_BEST, weights_only=True)["model_state_dict"]),
             "metrics": _stable(json.loads(paths.PHASE2_METRICS.read_text()))}
 
 
@@ -294,7 +294,7 @@ def test_phase2_checkpoint_of_other_params_is_ignored_and_mirror_is_used(toy_dir
             phase2.run(_cfg(phase2, mirror))
     assert (toy_dir / "drive/resume/phase2.pt").exists()  # the kept epoch's weights are in it
     (toy_dir / "resume/phase2.pt").unlink()
-    for p in (paths.PHASE2_LATEST, paths.PHASE2_BEST):  # a fresh VM has no models/ either
+    for p in (paths.PHASE2_BEST,):  # a fresh VM has no models/ either
         p.unlink(missing_ok=True)
     caplog.clear()
     phase2.run(_cfg(phase2, mirror))

@@ -145,7 +145,7 @@ def _inputs(d: Path) -> None:
     from newllm import paths
     from newllm.data.tokens import save_token_set
     g = torch.Generator().manual_seed(0)
-    for path, lengths in ((paths.TOKENS_TRAIN, (12, 9, 16, 5)), (paths.TOKENS_VAL, (10, 7))):
+    for path, lengths in ((paths.TOKENS_TRAIN, (12, 9, 16, 5)), (paths.TOKENS_VAL, (10, 7)), (paths.TOKENS_TEST, (8, 6))):
         save_token_set(from_lists([torch.randint(0, 64, (n,), generator=g).tolist() for n in lengths]),
                        d / path)
     (d / "params.yaml").write_text(yaml.safe_dump(TOY))
@@ -181,7 +181,7 @@ def test_phase1_stage_oom_message(target, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("target", ["newllm.cvfp.phase2.Phase2Trainer.run_unit",   # in the training loop
-                                    "newllm.stages.phase2_lm.read_baselines"])  # before it
+                                    "newllm.stages.phase2_lm.check_gate"])  # before it
 def test_phase2_stage_oom_message(target, tmp_path, monkeypatch, capsys):
     from newllm.config import from_dict
     from newllm.stages import phase1_fixed_point as phase1
@@ -196,7 +196,7 @@ def test_phase2_stage_oom_message(target, tmp_path, monkeypatch, capsys):
     assert line and "phase2_lm ran out of GPU memory" in line[0], err
     for knob in ("phase2.chunk_tokens", "phase2.batch_tokens", "data.num_samples", "runtime.precision"):
         assert knob in line[0], knob
-    assert not (tmp_path / "models/model_latest.pt").exists()
+    assert not (tmp_path / "models/phase2_best.pt").exists()
 
 
 def test_stages_record_precision_device_and_peak_memory(tmp_path, monkeypatch):

@@ -37,6 +37,7 @@ def test_bf16_trained_model_checked_in_fp32_whatever_the_precision(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     save_token_set(random_tokens(0, (32,) * 12, vocab=64), paths.TOKENS_TRAIN)
     save_token_set(random_tokens(1, (32,) * 4, vocab=64), paths.TOKENS_VAL)
+    save_token_set(random_tokens(2, (32,) * 3, vocab=64), paths.TOKENS_TEST)
     phase1_fixed_point.run(from_dict(PARAMS, phase1_fixed_point.SECTIONS))  # trained in bf16
 
     as_bf16, as_fp32 = _validate("bf16"), _validate("fp32")
@@ -72,6 +73,7 @@ def test_default_objective_keeps_the_rank_where_the_original_term_collapses(tmp_
     monkeypatch.chdir(tmp_path)
     save_token_set(random_tokens(0, (32,) * 12, vocab=64), paths.TOKENS_TRAIN)
     save_token_set(random_tokens(1, (32,) * 4, vocab=64), paths.TOKENS_VAL)
+    save_token_set(random_tokens(2, (32,) * 3, vocab=64), paths.TOKENS_TEST)
     verdicts = {}
     for diversity in (Phase1Config().diversity, "ema_distance"):
         params = {"model": {"context_dim": 32, "embed_dim": 32, "vocab_size": 64},

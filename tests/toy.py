@@ -18,19 +18,12 @@ def random_tokens(seed: int = 0, lengths=(7, 3, 9, 1, 5), vocab: int = 50) -> To
     return from_lists([torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths])
 
 
-def phase2_inputs(passed: bool = True, stream: str = "sample") -> None:
-    """What phase2_lm reads besides the Phase 1 outputs, in the current directory: the gate and
-    metrics/baselines.json (made by the baselines stage; vocabulary 50257 unless metrics/data.json
-    says otherwise)."""
+def phase2_inputs(passed: bool = True) -> None:
+    """What phase2_lm reads besides the Phase 1 outputs and the token caches, in the current
+    directory: the gate."""
     import json
 
     from newllm import paths
-    from newllm.config import from_dict
-    from newllm.io import atomic_write_json
-    from newllm.stages import baselines
 
     paths.GATE.parent.mkdir(parents=True, exist_ok=True)
     paths.GATE.write_text(json.dumps({"passed": passed, "phase1_model": "x"}))
-    if not paths.DATA_METRICS.exists():
-        atomic_write_json(paths.DATA_METRICS, {"vocab_size": 50257})
-    baselines.run(from_dict({"phase1": {"stream": stream}}, baselines.SECTIONS))

@@ -117,6 +117,8 @@ BATCH_LEVEL_OBJECTIVES = ("centroid_dispersion", "origin_anchored", "vicreg", "u
                           "spectral_entropy", "nuclear")
 QUADRATIC_OBJECTIVES = ("uniformity",)
 MAX_QUADRATIC_BATCH = 16384
+# learning-rate schedules of newllm.train.optim
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -126,13 +128,18 @@ class DataConfig:
     path: str = F("", string(), "file for source=jsonl (JSONL or Parquet, ultrachat_200k row schema)")
     num_samples: int = F(50, integer(1, 10_000_000), "training conversations (x max_seq_length tokens)")
     val_fraction: float = F(0.2, number(0, 1, lo_open=True, hi_open=True),
-                            "validation rows = ceil(val_fraction * num_samples)")
+                            "validation rows = ceil(val_fraction * num_samples): what every choice is made on")
+    test_fraction: float = F(0.2, number(0, 1, lo_open=True, hi_open=True),
+                             "test rows = ceil(test_fraction * num_samples): what every LM figure is reported on")
+    split_seed: int = F(0, integer(0, 2**31 - 1), "seed of the row permutation that cuts train/val/test "
+                        "(separate from seed: the splits stay when seed changes)")
     max_seq_length: int = F(128, integer(2, 1_000_000), "GPT-2 tokens kept per sample")
     tokenizer: str = F("gpt2-offline", choice("gpt2", "gpt2-offline"),
                        "gpt2 from the Hugging Face Hub, or the same ids built offline")
     hub_dataset: str = F("HuggingFaceH4/ultrachat_200k", string(False), "Hub dataset for source=ultrachat")
-    train_split: str = F("train_sft", string(False), "split used for training rows")
-    val_split: str = F("test_sft", string(False), "split used for held-out validation rows")
+    train_split: str = F("train_sft", string(False), "source=ultrachat: the Hub split of the training rows")
+    val_split: str = F("test_sft", string(False), "source=ultrachat: the held-out Hub split that validation "
+                       "and test rows come from (disjoint, by a hash of prompt_id)")
 
     def validate(self) -> None:
         if self.source == "jsonl" and not self.path:
@@ -142,6 +149,10 @@ class DataConfig:
     @property
     def num_val(self) -> int:
         return max(1, math.ceil(self.val_fraction * self.num_samples))
+
+    @property
+    def num_test(self) -> int:
+        return max(1, math.ceil(self.test_fraction * self.num_samples))
 
 
 @dataclass(frozen=True)
@@ -228,6 +239,10 @@ class Phase2Config:
     context_noise_std: float = F(0.0, number(0, 100), "sigma of noise on the carried context in training")
     weight_decay: float = F(0.0, number(0, 10), "AdamW decoupled weight decay of the matrices; 0 = Adam")
     dropout: float = F(0.1, number(0, 1, hi_open=True), "dropout on the head's input in training")
+    lr_schedule: str = F("constant", choice(*SCHEDULES), "constant, or cosine: linear warm-up over "
+                         "warmup_fraction of the steps, then a cosine down to min_lr_ratio x learning_rate")
+    warmup_fraction: float = F(0.0, number(0, 1), "lr_schedule cosine: fraction of the optimizer steps of warm-up")
+    min_lr_ratio: float = F(0.1, number(0, 1), "lr_schedule cosine: the last step's rate / learning_rate")
 
 
 @dataclass(frozen=True)
@@ -242,9 +257,13 @@ class TransformerConfig:
     batch_tokens: int = F(1024, integer(0), "tokens per optimizer step (whole sequences; 0 = all)")
     chunk_tokens: int = F(2048, integer(1), "targets per head/CE chunk (bounds memory)")
     gradient_clip: float = F(1.0, number(0, lo_open=True), "gradient-norm clip")
-    weight_decay: float = F(0.0, number(0, 10), "AdamW decoupled weight decay; 0 = Adam")
+    weight_decay: float = F(0.0, number(0, 10), "AdamW decoupled weight decay of the matrices; 0 = Adam")
     early_stop_patience: int = F(2, integer(0), "stop after N epochs without improvement; 0 = never")
     checkpoint_every: int = F(1, integer(1), "rolling resume checkpoint every N epochs")
+    lr_schedule: str = F("constant", choice(*SCHEDULES), "constant, or cosine: linear warm-up over "
+                         "warmup_fraction of the steps, then a cosine down to min_lr_ratio x learning_rate")
+    warmup_fraction: float = F(0.0, number(0, 1), "lr_schedule cosine: fraction of the optimizer steps of warm-up")
+    min_lr_ratio: float = F(0.1, number(0, 1), "lr_schedule cosine: the last step's rate / learning_rate")
 
 
 @dataclass(frozen=True)
@@ -292,6 +311,9 @@ class ReportConfig:
     max_new_tokens: int = F(30, integer(1, 10_000), "tokens generated per prompt")
     temperature: float = F(0.0, number(0), "0 = greedy")
     top_k: int = F(0, integer(0), "0 = no top-k filter")
+    bootstrap_resamples: int = F(2000, integer(1000, 1_000_000), "draws of the test conversations behind every "
+                                 "95% interval (newllm.bootstrap)")
+    bootstrap_seed: int = F(0, integer(0, 2**31 - 1), "seed of those draws")
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def generate(model: CVFPModel, tokenizer, prompt: str, max_new_tokens: int, temp
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m newllm.generate", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="models/phase2_best.pt", help="a phase2_lm checkpoint (default: "
-                        "the kept one, models/phase2_best.pt; models/model_latest.pt is the last epoch)")
+                        "the kept epoch's, models/phase2_best.pt)")
     parser.add_argument("--tokenizer", default="data/tokenizer", help="directory with tokenizer.json, or the file")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max-new-tokens", type=int, default=30)

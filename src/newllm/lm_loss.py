@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import math
 import sys
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -141,12 +142,12 @@ def head_logits(h: torch.Tensor, w: torch.Tensor, ws: HeadWorkspace | None = Non
     return torch.mm(h, w.t(), out=ws.get("logits", (h.shape[0], w.shape[0]), h.dtype, h.device))
 
 
-def ce_rows(z: torch.Tensor, target: torch.Tensor, grad: bool = False,
-             bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def ce_rows(z: torch.Tensor, target: torch.Tensor, grad: bool = False, bias: torch.Tensor | None = None,
+            per_row: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed CE of logits ``z + bias`` (n, V) and the number of rows whose first maximal logit
     is the target (top-1 hits), a block of ``ce_block_rows`` rows at a time in fp32 (or
-    ``z``'s dtype when wider). Overwrites ``z``: with ``grad`` it becomes ``softmax(z + bias)
-    - onehot(target)`` in ``z``'s own dtype."""
+    ``z``'s dtype when wider); ``per_row`` (n,), when given, receives each row's CE. Overwrites
+    ``z``: with ``grad`` it becomes ``softmax(z + bias) - onehot(target)`` in ``z``'s own dtype."""
     acc = torch.float32 if z.dtype in (torch.bfloat16, torch.float16) else z.dtype
     bias = None if bias is None else bias.detach().to(acc)
     loss = torch.zeros((), dtype=acc, device=z.device)
@@ -167,13 +168,31 @@ def ce_rows(z: torch.Tensor, target: torch.Tensor, grad: bool = False,
         hits += (top.squeeze(1) == t).sum()
         zb.sub_(m).exp_()
         tot = zb.sum(1, keepdim=True)
-        loss += ((m + tot.log()).squeeze(1) - picked).sum()
+        row_ce = (m + tot.log()).squeeze(1) - picked
+        loss += row_ce.sum()
+        if per_row is not None:
+            per_row[r0:r1] = row_ce
         if grad:
             zb.div_(tot)
             zb[rows, t] -= 1
             if blk is not None:
                 zs.copy_(zb)
     return loss, hits
+
+
+@dataclass
+class Scores:
+    """A language model's figures on one split: mean CE (nats) and top-1 accuracy over its
+    ``targets`` next-token pairs, and, when asked for, each pair's CE in flat pair order
+    (``newllm.data.tokens.pair_rows`` gives their rows)."""
+    loss: float
+    acc: float
+    targets: int
+    pair_ce: torch.Tensor | None = None
+
+    @property
+    def ppl(self) -> float:
+        return ppl(self.loss)
 
 
 def ppl(loss: float) -> float:

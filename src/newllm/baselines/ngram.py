@@ -1,8 +1,8 @@
 """Count-based baselines, scored on exactly the next-token pairs Phase 2 scores.
 
-Pairs are Phase 2's (``newllm.cvfp.phase2.next_token_targets``): ``(tok_t, tok_{t+1})`` within
-a stream. Every count comes from the training pairs; a loss is the mean cross-entropy (nats)
-over the validation pairs. Formulas (docs/baselines.md):
+Pairs are Phase 2's (``newllm.data.tokens.next_token_targets``): ``(tok_t, tok_{t+1})`` within a
+stream. Every count comes from the training pairs; nothing is tuned on validation or test. A
+loss is the mean cross-entropy (nats) over a split's pairs. Formulas (docs/metrics.md):
 
 - ``unigram``: absolute discounting interpolated with the uniform distribution over the
   vocabulary, ``p(w) = max(c(w) - D, 0)/N + D T/N * 1/V`` (T: types seen);
@@ -11,13 +11,17 @@ over the validation pairs. Formulas (docs/baselines.md):
   counts for the lower orders); the lowest order is the continuation unigram, itself
   interpolated with the uniform distribution so that no token has probability 0. The
   trigram's history of a stream's first pair is padded with a start symbol;
-- ``majority``: the accuracy of always predicting the most frequent training target;
-- ``add_one``: the add-one unigram and bigram the project reported before (they give about
-  a third of the probability mass to the ~50k types never seen in 100k training tokens, so
-  they flatter any model; kept, labelled, for comparison with older runs).
+- ``mkn_trigram``: modified Kneser-Ney (Chen & Goodman 1998, section 3): three discounts per
+  order, ``D1``, ``D2``, ``D3+`` for n-grams seen once, twice, three or more times, from the
+  count-of-counts ``n1..n4`` of that order; the same backoff structure;
+- ``majority``: the accuracy of always predicting the most frequent training target.
 
-Nothing is tuned on the validation pairs. Vectorised: n-grams are int64 codes, counted with
-``torch.unique`` and looked up with ``torch.searchsorted``.
+A discount whose closed form is undefined or not above 0 (a count-of-counts is 0, as when no
+n-gram occurs exactly once) takes ``k/2`` for count class ``k``, so the uniform distribution
+always keeps some mass and an unseen token never gets probability 0.
+
+Vectorised: n-grams are int64 codes, counted with ``torch.unique`` and looked up with
+``torch.searchsorted``.
 """
 from __future__ import annotations
 
@@ -63,9 +67,20 @@ class Counts:
         return torch.where(self.keys[pos] == q, self.n[pos], torch.zeros_like(q)).double()
 
     def discount(self) -> float:
-        """The closed-form absolute discount ``n1 / (n1 + 2 n2)`` (0.5 when undefined)."""
+        """The closed-form absolute discount ``n1 / (n1 + 2 n2)`` (0.5 when it is undefined or 0)."""
         n1, n2 = int((self.n == 1).sum()), int((self.n == 2).sum())
-        return n1 / (n1 + 2 * n2) if n1 + 2 * n2 > 0 else 0.5
+        return n1 / (n1 + 2 * n2) if n1 > 0 else 0.5
+
+    def modified_discounts(self) -> tuple[float, float, float]:
+        """Chen & Goodman's ``D1, D2, D3+`` from the count-of-counts: ``Y = n1 / (n1 + 2 n2)``,
+        ``D_k = k - (k + 1) Y n_{k+1} / n_k``; ``k/2`` where that is undefined or not above 0."""
+        n = [int((self.n == k).sum()) for k in range(5)]
+        y = n[1] / (n[1] + 2 * n[2]) if n[1] > 0 else None
+        out = []
+        for k in (1, 2, 3):
+            d = k - (k + 1) * y * n[k + 1] / n[k] if y is not None and n[k] > 0 else 0.0
+            out.append(d if d > 0 else k / 2)
+        return out[0], out[1], out[2]
 
 
 def _interpolate(count: torch.Tensor, total: torch.Tensor, types: torch.Tensor, d: float,
@@ -124,56 +139,112 @@ class KneserNey:
         return _interpolate(self.top.of(uv * B + w), self.ctx.of(uv), self.ctx_types.of(uv), self.d_top, p)
 
 
-def smoothed_unigram(train_w: torch.Tensor, val_w: torch.Tensor, vocab: int) -> torch.Tensor:
+class ModifiedTable:
+    """One order of modified Kneser-Ney: counts ``c(h w)`` of the codes ``h * B + w`` (repeats
+    count), and per history ``h`` the total ``c(h .)`` and the number of words after it seen
+    once, twice and three or more times."""
+
+    def __init__(self, codes: torch.Tensor, B: int):
+        self.B = B
+        self.counts = Counts(codes)
+        self.d = self.counts.modified_discounts()
+        self._d_of = torch.tensor([0.0, *self.d], dtype=torch.float64)  # D(c) for c = 0, 1, 2, 3+
+        keys, n = self.counts.keys, self.counts.n
+        self.hist, inv = torch.unique(keys // B, return_inverse=True)
+        size = self.hist.numel()
+
+        def per_history(v: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(size, dtype=torch.float64).scatter_add_(0, inv, v.double())
+
+        self.total = per_history(n)
+        self.gamma_num = per_history(self._d_of[n.clamp(max=3)])
+
+    def _of_history(self, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.hist.numel() == 0:
+            return torch.zeros(h.shape, dtype=torch.float64)
+        pos = torch.searchsorted(self.hist, h.contiguous()).clamp(max=self.hist.numel() - 1)
+        return torch.where(self.hist[pos] == h, v[pos], torch.zeros((), dtype=torch.float64))
+
+    def prob(self, h: torch.Tensor, w: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+        """``max(c - D(c), 0) / c(h .) + gamma(h) lower``, and ``lower`` for an unseen history."""
+        c = self.counts.of(h * self.B + w)
+        d = self._d_of[c.long().clamp(max=3)]
+        total = self._of_history(h, self.total)
+        safe = total.clamp_min(1.0)
+        p = (c - d).clamp_min(0.0) / safe + self._of_history(h, self.gamma_num) / safe * lower
+        return torch.where(total > 0, p, lower)
+
+
+class ModifiedKneserNey:
+    """Interpolated modified Kneser-Ney of order 2 or 3 from training triples ``(u, v, w)``, in
+    the structure of ``KneserNey``: the highest order on counts, the lower ones on continuation
+    counts, the lowest interpolated with the uniform distribution over ``vocab`` words."""
+
+    def __init__(self, train: torch.Tensor, vocab: int, order: int):
+        if order not in (2, 3):
+            raise ValueError(f"order must be 2 or 3, got {order}")
+        self.V, self.order, B = vocab, order, vocab + 1
+        self.B = B
+        u, v, w = train[:, 0], train[:, 1], train[:, 2]
+        vw = torch.unique(v * B + w)
+        self.uni = ModifiedTable(vw % B, B)               # continuation counts N1+(. w), history 0
+        if order == 2:
+            self.top = ModifiedTable(v * B + w, B)
+        else:
+            self.mid = ModifiedTable(torch.unique((u * B + v) * B + w) % (B * B), B)  # N1+(. v w)
+            self.top = ModifiedTable((u * B + v) * B + w, B)
+
+    def prob(self, triples_: torch.Tensor) -> torch.Tensor:
+        u, v, w = triples_[:, 0], triples_[:, 1], triples_[:, 2]
+        B = self.B
+        p = self.uni.prob(torch.zeros_like(w), w, torch.full(w.shape, 1.0 / self.V, dtype=torch.float64))
+        if self.order == 2:
+            return self.top.prob(v, w, p)
+        p = self.mid.prob(v, w, p)
+        return self.top.prob(u * B + v, w, p)
+
+
+def smoothed_unigram(train_w: torch.Tensor, w: torch.Tensor, vocab: int) -> torch.Tensor:
     """Absolute discounting of the training target counts, interpolated with the uniform."""
     c = Counts(train_w)
-    n = float(train_w.numel())
-    total = torch.full(val_w.shape, n, dtype=torch.float64)
-    types = torch.full(val_w.shape, float(c.keys.numel()), dtype=torch.float64)
-    return _interpolate(c.of(val_w), total, types, c.discount(), torch.full_like(total, 1.0 / vocab))
+    total = torch.full(w.shape, float(train_w.numel()), dtype=torch.float64)
+    types = torch.full(w.shape, float(c.keys.numel()), dtype=torch.float64)
+    return _interpolate(c.of(w), total, types, c.discount(), torch.full_like(total, 1.0 / vocab))
 
 
-def add_one(train_v: torch.Tensor, train_w: torch.Tensor, val_v: torch.Tensor, val_w: torch.Tensor,
-            vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The add-one unigram ``(n(w)+1)/(N+V)`` and bigram ``(n(v,w)+1)/(n(v,.)+V)`` probabilities."""
-    uni = (Counts(train_w).of(val_w) + 1.0) / (train_w.numel() + vocab)
-    bi = (Counts(train_v * vocab + train_w).of(val_v * vocab + val_w) + 1.0) / (Counts(train_v).of(val_v) + vocab)
-    return uni, bi
+MODELS = ("unigram", "kn_bigram", "kn_trigram", "mkn_trigram")
 
 
-def _scores(p: torch.Tensor) -> dict:
-    loss = -float(torch.log(p).mean())
-    return {"loss": loss, "ppl": math.exp(loss)}
+class Baselines:
+    """Every count-based baseline fitted on the training pairs; ``pair_ce`` scores any split."""
 
+    def __init__(self, train_tokens: torch.Tensor, train_offsets: torch.Tensor, stream: str, vocab_size: int):
+        self.V, self.stream = int(vocab_size), stream
+        tr = triples(train_tokens, train_offsets, stream, self.V)
+        self.train_pairs = int(tr.shape[0])
+        self.train_w = tr[:, 2]
+        self.kn2, self.kn3 = KneserNey(tr, self.V, 2), KneserNey(tr, self.V, 3)
+        self.mkn3 = ModifiedKneserNey(tr, self.V, 3)
+        counts = torch.bincount(tr[:, 2], minlength=self.V)
+        self.majority = int(torch.argmax(counts)) if tr.shape[0] else 0
 
-def evaluate(train_tokens: torch.Tensor, train_offsets: torch.Tensor, val_tokens: torch.Tensor,
-             val_offsets: torch.Tensor, stream: str, vocab_size: int) -> dict:
-    """Every baseline's validation loss and perplexity (and the majority accuracy)."""
-    V = int(vocab_size)
-    tr = triples(train_tokens, train_offsets, stream, V)
-    va = triples(val_tokens, val_offsets, stream, V)
-    if va.shape[0] == 0:
-        raise ValueError("no validation pairs: every validation stream has a single token")
-    uni_add, bi_add = add_one(tr[:, 1], tr[:, 2], va[:, 1], va[:, 2], V)
-    counts = torch.bincount(tr[:, 2], minlength=V)
-    majority = int(torch.argmax(counts)) if tr.shape[0] else 0
-    kn2, kn3 = KneserNey(tr, V, 2), KneserNey(tr, V, 3)
-    return {
-        "unigram": _scores(smoothed_unigram(tr[:, 2], va[:, 2], V)),
-        "kn_bigram": {**_scores(kn2.prob(va)), "discount": kn2.d_top},
-        "kn_trigram": {**_scores(kn3.prob(va)), "discount": kn3.d_top},
-        "majority": {"acc": float((va[:, 2] == majority).double().mean()), "token": majority},
-        "add_one": {"unigram": _scores(uni_add), "bigram": _scores(bi_add)},
-        "train_pairs": int(tr.shape[0]), "val_pairs": int(va.shape[0]),
-    }
+    def pair_ce(self, tokens: torch.Tensor, offsets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each model's CE (nats) of every pair of a token set, flat pair order."""
+        t = triples(tokens, offsets, self.stream, self.V)
+        if t.shape[0] == 0:
+            raise ValueError("no pairs: every stream of the split has a single token")
+        probs = {"unigram": smoothed_unigram(self.train_w, t[:, 2], self.V), "kn_bigram": self.kn2.prob(t), "kn_trigram": self.kn3.prob(t),
+                 "mkn_trigram": self.mkn3.prob(t)}
+        return {k: -torch.log(p) for k, p in probs.items()}
 
-
-def baselines(train_tokens: torch.Tensor, train_offsets: torch.Tensor, val_tokens: torch.Tensor,
-              val_offsets: torch.Tensor, stream: str, vocab_size: int) -> dict:
-    """The add-one unigram/bigram and majority figures in the flat form Phase 2's metrics used."""
-    e = evaluate(train_tokens, train_offsets, val_tokens, val_offsets, stream, vocab_size)
-    add = e["add_one"]
-    return {"unigram_loss": add["unigram"]["loss"], "unigram_ppl": add["unigram"]["ppl"],
-            "bigram_loss": add["bigram"]["loss"], "bigram_ppl": add["bigram"]["ppl"],
-            "majority_acc": e["majority"]["acc"], "majority_token": e["majority"]["token"],
-            "train_pairs": e["train_pairs"], "val_pairs": e["val_pairs"]}
+    def scores(self, tokens: torch.Tensor, offsets: torch.Tensor) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Every model's loss and perplexity on a split (and the majority accuracy), and the
+        per-pair CE."""
+        ce = self.pair_ce(tokens, offsets)
+        w = triples(tokens, offsets, self.stream, self.V)[:, 2]
+        out: dict = {k: {"loss": float(v.mean()), "ppl": math.exp(float(v.mean()))} for k, v in ce.items()}
+        out["kn_bigram"]["discount"], out["kn_trigram"]["discount"] = self.kn2.d_top, self.kn3.d_top
+        out["mkn_trigram"]["discounts"] = list(self.mkn3.top.d)
+        out["majority"] = {"acc": float((w == self.majority).double().mean()), "token": self.majority}
+        out["pairs"] = int(w.numel())
+        return out, ce

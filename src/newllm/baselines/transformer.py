@@ -23,7 +23,16 @@ from torch import nn
 
 from newllm.config import TransformerConfig
 from newllm.errors import NumericalError
-from newllm.lm_loss import GatherRows, HeadWorkspace, LinearCrossEntropy, ce_rows, head_logits, ppl, seed_dropout
+from newllm.lm_loss import (
+    GatherRows,
+    HeadWorkspace,
+    LinearCrossEntropy,
+    Scores,
+    ce_rows,
+    head_logits,
+    ppl,
+    seed_dropout,
+)
 from newllm.runtime import Progress, Runtime
 from newllm.train.core import Trainer
 from newllm.train.optim import OptimSpec
@@ -169,7 +178,8 @@ class TransformerTrainer(Trainer):
                 prog.update(n_t)
         self.opt.zero_grad(set_to_none=True)
         train_loss = ce_sum / max(self.num_train_targets, 1)
-        val_loss, val_acc = self.evaluate()
+        val = self.evaluate()
+        val_loss, val_acc = val.loss, val.acc
         rec = {"epoch": e + 1, "train_loss": train_loss, "train_ppl": ppl(train_loss), "val_loss": val_loss,
                "val_ppl": ppl(val_loss), "val_acc": val_acc, "optimizer_steps": st.steps - steps0,
                "time_s": round(time.perf_counter() - t0, 3)}
@@ -191,27 +201,32 @@ class TransformerTrainer(Trainer):
         return ce, n_t
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Validation loss and top-1 accuracy over every validation pair."""
+    def evaluate(self, seqs: tuple | None = None, pairs: bool = False) -> Scores:
+        """Loss and top-1 accuracy over every pair of ``seqs`` (inputs, targets; default: the
+        validation sequences); with ``pairs``, each pair's CE, in row-major order, which is the
+        flat pair order of the token set (``sequences`` cuts its rows in order)."""
+        xs, ys = (self.val_x, self.val_y) if seqs is None else (t.to(self.rt.device) for t in seqs)
         self.model.eval()
         w_cast = self.weight_cast(self.model.head.weight, self.ws)
         w = self.model.head.weight if w_cast is None else w_cast
         b = self.model.head.bias
-        per_batch = max(1, 8192 // self.val_x.shape[1])
-        ce_sum, hits = 0.0, 0
-        for a in range(0, self.val_x.shape[0], per_batch):
-            x, y = self.val_x[a:a + per_batch], self.val_y[a:a + per_batch]
+        per_batch = max(1, 8192 // xs.shape[1])
+        n = int((ys >= 0).sum())
+        per = torch.empty(n, dtype=torch.float32, device=self.rt.device) if pairs else None
+        ce_sum, hits, done = 0.0, 0, 0
+        for a in range(0, xs.shape[0], per_batch):
+            x, y = xs[a:a + per_batch], ys[a:a + per_batch]
             with self.rt.autocast():
                 h = self.model.features(x)
             keep = (y >= 0).flatten()
             h, t = h.reshape(-1, h.shape[-1])[keep], y.flatten()[keep]
             for c in range(0, t.numel(), self.cfg.chunk_tokens):
                 z = head_logits(h[c:c + self.cfg.chunk_tokens].to(w.dtype), w, self.ws)
-                ce, hit = ce_rows(z, t[c:c + self.cfg.chunk_tokens], bias=b)
-                ce_sum, hits = ce_sum + float(ce), hits + int(hit)
+                k = min(self.cfg.chunk_tokens, t.numel() - c)
+                ce, hit = ce_rows(z, t[c:c + k], bias=b, per_row=None if per is None else per[done:done + k])
+                ce_sum, hits, done = ce_sum + float(ce), hits + int(hit), done + k
         self.model.train()
         self.ws.clear()  # the head buffers go back to the OS between epochs
-        n = max(self.num_val_targets, 1)
         if not math.isfinite(ce_sum):
             raise NumericalError("transformer: non-finite validation loss")
-        return ce_sum / n, hits / n
+        return Scores(ce_sum / max(n, 1), hits / max(n, 1), n, None if per is None else per.cpu())

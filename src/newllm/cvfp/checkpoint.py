@@ -2,9 +2,11 @@
 
 - Phase 1 (``models/phase1.pt`` and its JSON sidecar ``models/phase1.json``): the CVFP model
   after Phase 1 and its context EMA ``mu``; the sidecar holds the config that rebuilds it.
-- Phase 2 (``models/phase2_best.pt``, the kept epoch, and ``models/model_latest.pt``, the last
-  one, each with a sidecar): the CVFP language model, with the config that rebuilds it.
-- The transformer baseline (``models/transformer.pt``): its kept epoch.
+- Phase 2 (``models/phase2_best.pt``, the kept epoch, with a sidecar): the CVFP language
+  model, with the config that rebuilds it.
+
+(The transformer baseline's kept epoch, ``models/transformer.pt``, is written by its stage with
+``newllm.io``: nothing here is CVFP-free, and that stage must not depend on CVFP code.)
 
 Files are written atomically and read with ``weights_only=True``; whatever is wrong with one
 (missing, truncated, another model's shapes, NaN weights, an edited config) is a
@@ -67,7 +69,7 @@ def load_phase1(rt: Runtime) -> tuple[CVFPModel, dict]:
 
 def load_phase2(path, device="cpu") -> CVFPModel:
     """The CVFP language model a Phase 2 checkpoint describes, in eval mode without gradients."""
-    hint = "it is not a phase2_lm checkpoint (model_latest.pt / phase2_best.pt); re-run `dvc repro phase2_lm`"
+    hint = "it is not a phase2_lm checkpoint (models/phase2_best.pt); re-run `dvc repro phase2_lm`"
     ckpt = _model_file(path, "model checkpoint", hint)
     conf = ckpt.get("config")
     if not isinstance(conf, dict):

@@ -57,7 +57,16 @@ from newllm.cvfp.passes import embed_all
 from newllm.data.tokens import next_token_targets
 from newllm.dist import SINGLE, Dist
 from newllm.errors import NumericalError
-from newllm.lm_loss import GatherRows, HeadWorkspace, LinearCrossEntropy, ce_rows, head_logits, ppl, seed_dropout
+from newllm.lm_loss import (
+    GatherRows,
+    HeadWorkspace,
+    LinearCrossEntropy,
+    Scores,
+    ce_rows,
+    head_logits,
+    ppl,
+    seed_dropout,
+)
 from newllm.runtime import Progress, Runtime
 from newllm.train.core import Trainer
 from newllm.train.optim import OptimSpec
@@ -237,7 +246,8 @@ class Phase2Trainer(Trainer):
         self.opt.zero_grad(set_to_none=True)  # free the gradients for validation and the checkpoint
         ce_sum = self.dist.sum_floats(ce_sum)[0]
         train_loss = ce_sum / max(tr["num_targets"], 1)
-        val_loss, val_acc = self.evaluate(e)
+        val = self.evaluate(e=e)
+        val_loss, val_acc = val.loss, val.acc
         el = time.perf_counter() - t0
         rec = {"epoch": e + 1, "train_loss": train_loss, "train_ppl": ppl(train_loss), "val_loss": val_loss,
                "val_ppl": ppl(val_loss), "val_acc": val_acc, "optimizer_steps": st.steps - steps0,
@@ -304,16 +314,22 @@ class Phase2Trainer(Trainer):
         self.step(f"phase2 epoch {e + 1}, schedule tokens {p0}-{p1}")
         return ce_total
 
+    def split(self, tokens: torch.Tensor, offsets: torch.Tensor) -> dict:
+        """Another token set (the test split) prepared like the validation split."""
+        return self._split(tokens, offsets, self.rt.device)
+
     @torch.no_grad()
-    def evaluate(self, e: int | None = None) -> tuple[float, float]:
-        """Validation loss and top-1 accuracy: theta frozen, one pass, c_{-1} = 0 per stream."""
-        va, model = self.val, self.model
+    def evaluate(self, split: dict | None = None, e: int | None = None, pairs: bool = False) -> Scores:
+        """Loss and top-1 accuracy on ``split`` (default: validation): theta frozen, one pass,
+        c_{-1} = 0 per stream; with ``pairs``, each pair's CE in flat pair order."""
+        va, model = split or self.val, self.model
         model.eval()
         n = va["sched"].num_tokens
         carry = self._carry(va)
         ce_sum, correct = 0.0, 0
         cd = self.compute_dtype
         w_cast = self.weight_cast(model.head.weight, self.ws)
+        per = torch.empty(va["tgt_list"].numel(), dtype=torch.float32, device=self.rt.device) if pairs else None
         for p0, p1 in batch_ranges(n, SCAN_RANGE):
             feats = self._head_inputs(va, p0, p1, carry)
             t0 = int(va["tcount"][p0])
@@ -321,7 +337,7 @@ class Phase2Trainer(Trainer):
                 tg = va["tgt_list"][t0 + a:t0 + b]
                 h = feats[a:b] if cd is None else feats[a:b].to(cd)
                 z = head_logits(h, model.head.weight if w_cast is None else w_cast, self.ws)
-                ce, hits = ce_rows(z, tg, bias=model.head.bias)
+                ce, hits = ce_rows(z, tg, bias=model.head.bias, per_row=None if per is None else per[t0 + a:t0 + b])
                 ce_sum += float(ce)
                 correct += int(hits)
                 del z
@@ -333,4 +349,7 @@ class Phase2Trainer(Trainer):
             where = f"epoch {e + 1}" if e is not None else "evaluation"
             raise NumericalError(f"phase2 {where}: non-finite validation loss (NaN/Inf); "
                                  f"the last good checkpoint is kept")
-        return loss, correct / nt
+        if per is not None:  # schedule order -> flat order of the pairs' input tokens
+            flat = va["sched"].order[va["has"]]
+            per = per.cpu()[torch.argsort(flat)]
+        return Scores(loss, correct / nt, va["num_targets"], per)

@@ -1,23 +1,30 @@
-"""Stage fetch_ultrachat: conversations in the ultrachat_200k row schema.
+"""Stage fetch_ultrachat: conversations in the ultrachat_200k row schema, cut into three
+disjoint splits: ``num_samples`` training rows, ``num_val`` validation rows (what every choice
+is made on) and ``num_test`` test rows (what every language-model figure is reported on).
 
 Every source ends as rows ``{"prompt", "prompt_id", "messages": [{"role", "content"}]}``
-written to ``data/raw/{train,val}.jsonl`` plus ``data/raw/fetch_info.json`` (origin, row
+written to ``data/raw/{train,val,test}.jsonl`` plus ``data/raw/fetch_info.json`` (origin, row
 counts, skipped rows by reason).
 
 Sources (``data.source``):
 
-- ``ultrachat``: ``data.hub_dataset`` streamed with ``datasets``; the first
-  ``num_samples`` usable rows of ``data.train_split`` train, the first ``num_val`` usable
-  rows of ``data.val_split`` validate. Only those rows are read.
 - ``jsonl``: ``data.path``, a JSONL or Parquet file in the row schema, streamed through
-  the same ``datasets`` code; the first ``num_samples`` usable rows train, the next
-  ``num_val`` validate.
+  ``datasets``. Rows are put in a random order fixed by ``data.split_seed`` (sorted by
+  ``split_key``, a keyed hash of their ``prompt_id``), so the cut does not depend on how the
+  file is ordered (files are often grouped by source or language); the first ``num_samples``
+  rows of that order train, the next ``num_val`` validate, the next ``num_test`` test. A
+  ``prompt_id`` seen before is skipped (``duplicate_prompt_id``): the splits are disjoint by
+  conversation. One pass over the file holds only the rows it keeps.
+- ``ultrachat``: ``data.hub_dataset`` streamed; the first ``num_samples`` usable rows of
+  ``data.train_split`` train. Validation and test rows come from ``data.val_split``: a row
+  is a test row when its ``split_key`` is odd, else a validation row, until both have
+  enough. Only those rows are read.
 - ``chatterbot``: the English dialogs of the ``chatterbot-corpus`` package. Distinct
   dialogs are read from the files in sorted name order, then shuffled with
-  ``random.Random(seed)`` (so training and validation mix all topics), and consecutive
+  ``random.Random(data.split_seed)`` (so every split mixes all topics), and consecutive
   dialogs are packed into one sample until its text has at least ``max_seq_length`` GPT-2
-  tokens. The first ``num_samples`` packs train, the next ``num_val`` packs validate
-  (disjoint dialogs). At 128 tokens the corpus gives about 170 packs (num_samples <= ~140).
+  tokens. The first ``num_samples`` packs train, the next ``num_val`` validate, the next
+  ``num_test`` test (disjoint dialogs). At 128 tokens the corpus gives about 170 packs.
 
 Rows without messages, with a non-string role or content, that are not JSON or not
 UTF-8 are skipped, counted by reason and logged.
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import json
 import logging
 import random
@@ -38,6 +46,7 @@ from typing import Any, Callable, Iterable, Iterator
 import yaml
 
 from newllm.config import DataConfig
+from newllm.paths import SPLITS
 from newllm.data.tokenizer import build_tokenizer
 from newllm.errors import DataError
 from newllm.io import atomic_write_json, atomic_write_text
@@ -62,8 +71,34 @@ class _SkipRow(Exception):
 class RawData:
     train: list[dict]
     val: list[dict]
+    test: list[dict]
     origin: str
     skipped: Counter[str] = field(default_factory=Counter)
+
+    def split(self, name: str) -> list[dict]:
+        return getattr(self, name)
+
+
+def split_key(prompt_id: str, split_seed: int) -> int:
+    """The place of a conversation in the random order of ``split_seed``: a 64-bit keyed hash
+    of its ``prompt_id`` (the same row gets the same key wherever it stands in the file)."""
+    digest = hashlib.blake2b(prompt_id.encode("utf-8"), digest_size=8, key=str(split_seed).encode()).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _needed(cfg: DataConfig) -> int:
+    return cfg.num_samples + cfg.num_val + cfg.num_test
+
+
+def _cut(rows: list[dict], cfg: DataConfig, origin: str, skipped: Counter[str]) -> RawData:
+    """Train, validation and test rows: consecutive runs of ``rows``."""
+    a, b = cfg.num_samples, cfg.num_samples + cfg.num_val
+    return RawData(rows[:a], rows[a:b], rows[b:_needed(cfg)], origin, skipped)
+
+
+def _rows_wanted(cfg: DataConfig) -> str:
+    return (f"data.num_samples={cfg.num_samples} needs {cfg.num_samples} training + {cfg.num_val} validation + "
+            f"{cfg.num_test} test rows")
 
 
 # ---------------------------------------------------------------------------
@@ -176,15 +211,33 @@ def stream_local_file(path: Path, skipped: Counter[str]) -> Iterable[Any]:
     return _parsed_lines(lines, skipped, str(path))
 
 
+def first_in_order(rows: Iterable[dict], n: int, split_seed: int, skipped: Counter[str]) -> list[dict]:
+    """The first ``n`` distinct conversations of the random order of ``split_seed`` (smallest
+    ``split_key``), in that order; holds at most ``n`` rows while it streams."""
+    heap: list[tuple[int, int, dict]] = []  # (-key, -i, row): the kept row with the largest key on top
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        if row["prompt_id"] in seen:
+            skipped["duplicate_prompt_id"] += 1
+            continue
+        seen.add(row["prompt_id"])
+        item = (-split_key(row["prompt_id"], split_seed), -i, row)
+        if len(heap) < n:
+            heapq.heappush(heap, item)
+        elif n and item[:2] > heap[0][:2]:
+            heapq.heapreplace(heap, item)
+    return [row for _, _, row in sorted(heap, key=lambda t: (-t[0], -t[1]))]
+
+
 def fetch_local(cfg: DataConfig) -> RawData:
     path = Path(cfg.path).expanduser()
     if not path.is_file():
         raise DataError(f"data.path {cfg.path!r} is not a file (resolved: {path.resolve()}); "
                         f"give a JSONL or Parquet file in the ultrachat_200k row schema")
     skipped: Counter[str] = Counter()
-    needed = cfg.num_samples + cfg.num_val
     try:
-        rows = take_rows(stream_local_file(path, skipped), needed, skipped, str(path))
+        rows = first_in_order(_usable_rows(stream_local_file(path, skipped), skipped, str(path)), _needed(cfg),
+                              cfg.split_seed, skipped)
     except DataError:
         raise
     except Exception as e:  # pyarrow/datasets on a damaged or non-Parquet file, an unreadable file, ...
@@ -192,10 +245,9 @@ def fetch_local(cfg: DataConfig) -> RawData:
                         f"{'Parquet' if path.suffix.lower() == '.parquet' else 'JSONL'} "
                         f"({type(e).__name__}: {_first_line(e)}); give a JSONL or Parquet file in the "
                         f"ultrachat_200k row schema") from None
-    _check_enough(rows, needed, skipped, f"data.path {path}",
-                  f"data.num_samples={cfg.num_samples} needs {cfg.num_samples} training + "
-                  f"{cfg.num_val} validation rows; lower data.num_samples or use a larger file.")
-    return RawData(rows[:cfg.num_samples], rows[cfg.num_samples:], cfg.path, skipped)
+    _check_enough(rows, _needed(cfg), skipped, f"data.path {path}",
+                  f"{_rows_wanted(cfg)}; lower data.num_samples or use a larger file.")
+    return _cut(rows, cfg, cfg.path, skipped)
 
 
 def _probe_hub(repo_id: str) -> None:
@@ -228,11 +280,35 @@ def _stream_hub_split(cfg: DataConfig, split: str, n: int) -> tuple[list[dict], 
     return rows, skipped
 
 
+def _held_out(cfg: DataConfig) -> tuple[list[dict], list[dict], Counter[str]]:
+    """Validation and test rows of ``data.val_split``: a row whose ``split_key`` is odd tests."""
+    import datasets
+
+    what = f"{cfg.hub_dataset} split {cfg.val_split}"
+    skipped: Counter[str] = Counter()
+    parts: dict[int, list[dict]] = {0: [], 1: []}
+    want = {0: cfg.num_val, 1: cfg.num_test}
+    try:
+        for row in _usable_rows(datasets.load_dataset(cfg.hub_dataset, split=cfg.val_split, streaming=True),
+                                skipped, what):
+            side = split_key(row["prompt_id"], cfg.split_seed) & 1
+            if len(parts[side]) < want[side]:
+                parts[side].append(row)
+            if all(len(parts[k]) >= want[k] for k in parts):
+                break
+    except Exception as e:  # network drops mid-stream, unknown split, ...
+        raise DataError(f"streaming {what} from the Hugging Face Hub failed "
+                        f"({type(e).__name__}: {_first_line(e)}). {OFFLINE_HINT}") from None
+    for k, name in ((0, "validation"), (1, "test")):
+        _check_enough(parts[k], want[k], skipped, f"{what} ({name} rows)", "Lower data.num_samples or pick another split.")
+    return parts[0], parts[1], skipped
+
+
 def fetch_hub(cfg: DataConfig) -> RawData:
     _probe_hub(cfg.hub_dataset)
     train, train_skipped = _stream_hub_split(cfg, cfg.train_split, cfg.num_samples)
-    val, val_skipped = _stream_hub_split(cfg, cfg.val_split, cfg.num_val)
-    return RawData(train, val, cfg.hub_dataset, train_skipped + val_skipped)
+    val, test, held_skipped = _held_out(cfg)
+    return RawData(train, val, test, cfg.hub_dataset, train_skipped + held_skipped)
 
 
 # ---------------------------------------------------------------------------
@@ -292,42 +368,38 @@ def pack_dialogs(dialogs: Iterable[list[str]], max_seq_length: int,
 
 
 def _max_num_samples(cfg: DataConfig, available: int) -> int:
-    """The largest num_samples whose training + validation samples fit in ``available``."""
+    """The largest num_samples whose training, validation and test samples fit in ``available``."""
     return next((n for n in range(available, 0, -1)
-                 if n + dataclasses.replace(cfg, num_samples=n).num_val <= available), 0)
+                 if _needed(dataclasses.replace(cfg, num_samples=n)) <= available), 0)
 
 
-def fetch_chatterbot(cfg: DataConfig, seed: int) -> RawData:
+def fetch_chatterbot(cfg: DataConfig) -> RawData:
     skipped: Counter[str] = Counter()
     dialogs = chatterbot_dialogs(chatterbot_dir(), skipped)
-    random.Random(seed).shuffle(dialogs)
+    random.Random(cfg.split_seed).shuffle(dialogs)
     tokenizer = build_tokenizer("gpt2-offline")
-    needed = cfg.num_samples + cfg.num_val
     rows = pack_dialogs(dialogs, cfg.max_seq_length,
                         lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids),
-                        needed)
-    if len(rows) < needed:
+                        _needed(cfg))
+    if len(rows) < _needed(cfg):
         most = _max_num_samples(cfg, len(rows))
         fix = f"Use data.num_samples <= {most}" if most else "Lower data.max_seq_length"
         raise DataError(
             f"the chatterbot corpus gives only {len(rows)} samples of >= {cfg.max_seq_length} "
-            f"tokens, but data.num_samples={cfg.num_samples} needs {cfg.num_samples} training + "
-            f"{cfg.num_val} validation samples. {fix}, or use a larger source "
-            f"(data.source: jsonl or ultrachat).")
-    return RawData(rows[:cfg.num_samples], rows[cfg.num_samples:], "chatterbot-corpus/english",
-                   skipped)
+            f"tokens, but {_rows_wanted(cfg)}. {fix}, or use a larger source (data.source: jsonl or ultrachat).")
+    return _cut(rows, cfg, "chatterbot-corpus/english", skipped)
 
 
 # ---------------------------------------------------------------------------
 # stage
 
 
-def fetch(cfg: DataConfig, seed: int) -> RawData:
+def fetch(cfg: DataConfig) -> RawData:
     if cfg.source == "ultrachat":
         return fetch_hub(cfg)
     if cfg.source == "jsonl":
         return fetch_local(cfg)
-    return fetch_chatterbot(cfg, seed)
+    return fetch_chatterbot(cfg)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -336,9 +408,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def write_raw(data: RawData, source: str, out_dir: Path) -> dict:
     """The conversations and ``fetch_info.json`` (returned)."""
-    write_jsonl(out_dir / "train.jsonl", data.train)
-    write_jsonl(out_dir / "val.jsonl", data.val)
-    info = {"source": source, "origin": data.origin, "train_rows": len(data.train),
-            "val_rows": len(data.val), "skipped": dict(data.skipped)}
+    for name in SPLITS:
+        write_jsonl(out_dir / f"{name}.jsonl", data.split(name))
+    info = {"source": source, "origin": data.origin, **{f"{n}_rows": len(data.split(n)) for n in SPLITS},
+            "skipped": dict(data.skipped)}
     atomic_write_json(out_dir / "fetch_info.json", info)
     return info

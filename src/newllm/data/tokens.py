@@ -49,6 +49,14 @@ def next_token_targets(tokens: torch.Tensor, offsets: torch.Tensor, stream: str)
     return tgt
 
 
+def pair_rows(tokens: torch.Tensor, offsets: torch.Tensor, stream: str) -> torch.Tensor:
+    """The sample (row, conversation) of every next-token pair, in flat pair order (the order of
+    the tokens that have a target): the row of the pair's input token. Per-row sums of a
+    model's losses are what the bootstrap over conversations resamples."""
+    flat = torch.nonzero(next_token_targets(tokens, offsets, stream) >= 0).squeeze(1)
+    return torch.searchsorted(offsets.long()[1:], flat, right=True)
+
+
 def save_token_set(ts: TokenSet, path: str | Path) -> None:
     atomic_torch_save({"tokens": ts.tokens.to(torch.int32), "offsets": ts.offsets.to(torch.int64),
                        "format": FORMAT}, path)

@@ -1,4 +1,4 @@
-"""Stage fetch_ultrachat: conversations (train, validation) into data/raw/ and metrics/fetch.json."""
+"""Stage fetch_ultrachat: conversations (train, validation, test) into data/raw/ and metrics/fetch.json."""
 from __future__ import annotations
 
 import logging
@@ -20,13 +20,13 @@ def run(cfg: Config, out_dir: Path = paths.RAW_TRAIN.parent,
     from newllm.memory import peak_rss_mb
 
     t0 = time.perf_counter()
-    data = fetch(cfg.data, cfg.seed)
+    data = fetch(cfg.data)
     if data.skipped:
         log.warning("skipped %d source rows (%s)", sum(data.skipped.values()), reasons_text(data.skipped))
     info = write_raw(data, cfg.data.source, out_dir)
     atomic_write_json(metrics_path, {**{k: v for k, v in info.items() if k != "skipped"},
                                      "skipped_rows": sum(data.skipped.values()),
                                      "time_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": peak_rss_mb()})
-    log.info("wrote %d training and %d validation conversations from %s to %s",
-             len(data.train), len(data.val), data.origin, out_dir)
+    log.info("read data.source %s (%s): %d training, %d validation and %d test conversations into %s",
+             cfg.data.source, data.origin, len(data.train), len(data.val), len(data.test), out_dir)
     return data

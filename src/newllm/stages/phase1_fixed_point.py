@@ -35,6 +35,7 @@ def run(cfg: Config) -> dict:
     m = cfg.model
     train = load_token_set(paths.TOKENS_TRAIN, m.vocab_size)
     val = load_token_set(paths.TOKENS_VAL, m.vocab_size)
+    test = load_token_set(paths.TOKENS_TEST, m.vocab_size)
     fp = fingerprint(cfg.section_dict("model"), {k: v for k, v in cfg.section_dict("phase1").items()
                                                  if k != "checkpoint_every"},
                      cfg.runtime.precision, cfg.seed, state_dict_digest({"t": train.tokens, "o": train.offsets}),
@@ -44,12 +45,10 @@ def run(cfg: Config) -> dict:
         model = build_model(m, cfg.seed).to(rt.device)
         return Phase1Trainer(model, train.tokens.to(rt.device), train.offsets, cfg.phase1, rt, cfg.seed, dist)
 
-    # the untrained network (theta_0) and its validation contexts: the references of the verdict
+    # the untrained network (theta_0) and its validation and test contexts: the references
     untrained = build_model(m, cfg.seed).to(rt.device)
     theta0 = untrained.layer_state()
-    val_sched = Schedule.build(val.offsets, cfg.phase1.stream)
-    val_x = embed_all(untrained, val.tokens, rt.device)
-    val_untrained = frozen_passes(untrained, val_sched, val_x, 1)
+    held = {name: _HeldOut(untrained, ts, cfg.phase1.stream, rt.device) for name, ts in (("val", val), ("test", test))}
     del untrained
     run_ = run_resumable("phase1", cfg.resume, fp, fresh, cfg.phase1.checkpoint_every, KEPT,
                          "Try a lower phase1.learning_rate, model.layernorm_mix: 1.0 (LayerNorm bounds the "
@@ -62,14 +61,16 @@ def run(cfg: Config) -> dict:
         return {}
     ctx = trainer.ctx
     ctx.prev_ctx, ctx.untrained_ctx = final["prev_ctx"], final["untrained_ctx"]
-    # validation: theta frozen, no noise, fp32, as many passes as training ran, context carried
-    val_ctx = frozen_passes(trainer.model, val_sched, val_x, trainer.state.done)
+    # validation and test: theta frozen, no noise, fp32, as many passes as training ran, context carried
+    for h in held.values():
+        h.trained = frozen_passes(trainer.model, h.sched, h.x, trainer.state.done)
     bad = first_non_finite({"model weights": trainer.model.state_dict(), "training contexts": ctx.prev_ctx,
-                            "validation contexts": val_ctx, "context EMA mu": ctx.mu})
+                            "validation contexts": held["val"].trained, "test contexts": held["test"].trained,
+                            "context EMA mu": ctx.mu})
     if bad is not None:
         raise NumericalError(f"phase1: NaN/Inf in the {bad} after {trainer.state.done} passes. {KEPT} Try a "
                              f"lower phase1.learning_rate.")
-    metrics = _write_outputs(cfg, trainer, train, val, val_ctx, val_untrained,
+    metrics = _write_outputs(cfg, trainer, train, held,
                              relative_change(theta0, trainer.model.layer_state()), time.perf_counter() - t_start,
                              merge_peaks(memory, peak_memory(rt.device)))
     run_.done()
@@ -77,8 +78,20 @@ def run(cfg: Config) -> dict:
     return metrics
 
 
-def _write_outputs(cfg: Config, trainer: Phase1Trainer, train: TokenSet, val: TokenSet, val_ctx: torch.Tensor,
-                   val_untrained: torch.Tensor, change: float, seconds: float, memory: dict) -> dict:
+class _HeldOut:
+    """A held-out split's schedule and input stream, its untrained contexts (one frozen fp32 pass
+    with theta_0) and, after training, its trained ones."""
+
+    def __init__(self, untrained: torch.nn.Module, ts: TokenSet, stream: str, device: torch.device):
+        self.num_tokens = ts.num_tokens
+        self.sched = Schedule.build(ts.offsets, stream)
+        self.x = embed_all(untrained, ts.tokens, device)
+        self.untrained = frozen_passes(untrained, self.sched, self.x, 1)
+        self.trained: torch.Tensor | None = None
+
+
+def _write_outputs(cfg: Config, trainer: Phase1Trainer, train: TokenSet, held: dict[str, _HeldOut], change: float,
+                   seconds: float, memory: dict) -> dict:
     """Checkpoint, sidecar, contexts, pass history and metrics of a finished run (each atomic)."""
     model, state, ctx, rt = trainer.model, trainer.state, trainer.ctx, trainer.rt
     passes = state.done
@@ -90,19 +103,22 @@ def _write_outputs(cfg: Config, trainer: Phase1Trainer, train: TokenSet, val: To
         "optimizer_steps": state.steps, "stopped_early": state.stopped_early,
         "mu_norm": float(ctx.mu.norm()), "model_digest": state_dict_digest(model_state),
         "rng": {"init": f"torch.Generator seeded with seed={cfg.seed}", "noise": NOISE_SCHEME},
-        "train_tokens": train.num_tokens, "val_tokens": val.num_tokens,
+        "train_tokens": train.num_tokens, "val_tokens": held["val"].num_tokens,
+        "test_tokens": held["test"].num_tokens,
     }
     checkpoint.save(paths.PHASE1_CKPT, {"model_state_dict": model_state, "mu": ctx.mu.cpu(), "passes": passes,
                                         "format": 2}, sidecar)
     atomic_torch_save({"contexts": ctx.prev_ctx.cpu(), "untrained": ctx.untrained_ctx.cpu()},
                       paths.CONTEXTS_TRAIN)
-    atomic_torch_save({"contexts": val_ctx.cpu(), "untrained": val_untrained.cpu()}, paths.CONTEXTS_VAL)
+    for path, h in ((paths.CONTEXTS_VAL, held["val"]), (paths.CONTEXTS_TEST, held["test"])):
+        atomic_torch_save({"contexts": h.trained.cpu(), "untrained": h.untrained.cpu()}, path)
     atomic_write_text(paths.PHASE1_HISTORY, csv_text(state.history))
     last = state.history[-1]
     train_passes = [h for h in state.history if h["pass_index"] >= 1]
     train_s = sum(h["time_s"] for h in train_passes)
     metrics = {
-        "tokens": train.num_tokens, "val_tokens": val.num_tokens, "passes": passes,
+        "tokens": train.num_tokens, "val_tokens": held["val"].num_tokens, "test_tokens": held["test"].num_tokens,
+        "passes": passes,
         "optimizer_steps": state.steps, "param_change": round(change, 6),
         "stopped_early": state.stopped_early, "embeddings": model.embeddings_source,
         "diversity": cfg.phase1.diversity,

@@ -1,5 +1,6 @@
-"""Stage report: the self-contained HTML report of the run (``newllm.html.run_report``) and the
-headline metrics file ``metrics.json``, the figures DVC's own views show."""
+"""Stage report: the test comparison of the run's language models (``metrics/comparison.json``,
+``newllm.compare``), the self-contained HTML report (``newllm.html.run_report``) and the headline
+metrics file ``metrics.json``, the figures DVC's own views show."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import math
 from pathlib import Path
 
 from newllm import paths
+from newllm.compare import compare
 from newllm.config import STAGE_SECTIONS, Config
 from newllm.html.run_report import build_report
 from newllm.io import atomic_write_json, atomic_write_text
@@ -16,17 +18,18 @@ log = logging.getLogger(__name__)
 SECTIONS = STAGE_SECTIONS["report"]
 
 # The headline, in the order `dvc exp show` prints it: (key, metrics file, dotted key there, digits).
-# DVC prints one column per key four spaces apart, so the headline holds the nine figures that
-# decide a run and fits 120 columns; every other figure is in the detailed files.
+# DVC prints one column per key, so the headline holds the figures that decide a run and fits 120
+# columns: Phase 1's verdict (validation split, the original guide's criteria) and CVFP's test
+# perplexity with its verdict against the strongest n-gram model and the transformer; every
+# other figure is in the detailed files.
 HEADLINE = [
     ("passed", paths.VALIDATE_METRICS, "passed", None),
     ("train_er", paths.VALIDATE_METRICS, "train.er_pct", 2),
     ("val_er", paths.VALIDATE_METRICS, "val.er_pct", 2),
-    ("train_er0", paths.VALIDATE_METRICS, "train.er_pct_untrained", 2),
     ("final_diff", paths.VALIDATE_METRICS, "final_diff", None),
-    ("val_ppl", paths.PHASE2_METRICS, "val.ppl", 1),
-    ("kn3_ppl", paths.BASELINES_METRICS, "kn_trigram.ppl", 1),
-    ("tf_ppl", paths.TRANSFORMER_METRICS, "val.ppl", 1),
+    ("test_ppl", paths.COMPARISON, "models.cvfp.ppl", 1),
+    ("vs_ngram", paths.COMPARISON, "vs_ngram", None),
+    ("vs_tf", paths.COMPARISON, "cvfp_vs.transformer.verdict", None),
 ]
 TIMED = (paths.FETCH_METRICS, paths.DATA_METRICS, paths.BASELINES_METRICS, paths.PHASE1_METRICS,
          paths.VALIDATE_METRICS, paths.PHASE2_METRICS, paths.TRANSFORMER_METRICS)
@@ -50,7 +53,7 @@ def headline(root: Path) -> dict:
     out: dict = {}
     for key, f, dotted, digits in HEADLINE:
         v = _get(files[f], dotted)
-        if isinstance(v, bool) or v is None:
+        if isinstance(v, (bool, str)) or v is None:
             if v is not None:
                 out[key] = v
         elif isinstance(v, (int, float)) and math.isfinite(v):
@@ -64,6 +67,10 @@ def run(cfg: Config, root: Path | str = ".") -> Path:
     """Write ``reports/report.html`` and ``metrics.json`` (atomically) under ``root``; print the
     report's absolute path."""
     root = Path(root)
+    comparison = compare(root, cfg.report.bootstrap_resamples, cfg.report.bootstrap_seed)
+    ngram = comparison["strongest_ngram"]
+    comparison["vs_ngram"] = comparison["cvfp_vs"].get(ngram, {}).get("verdict") if ngram else None
+    atomic_write_json(root / paths.COMPARISON, comparison)
     text = build_report(root, cfg.report, cfg.seed)
     atomic_write_json(root / paths.HEADLINE, headline(root), sort_keys=False)
     out = root / paths.REPORT

@@ -20,10 +20,11 @@ from newllm.baselines.transformer import (
     sequences,
 )
 from newllm.config import STAGE_SECTIONS, Config
-from newllm.data.tokens import TokenSet, load_token_set
+from newllm.bootstrap import row_sums, rows_csv
+from newllm.data.tokens import TokenSet, load_token_set, pair_rows
 from newllm.errors import ConfigError, DataError, NumericalError
 from newllm.io import atomic_torch_save, atomic_write_json, atomic_write_text, csv_text, state_dict_digest
-from newllm.lm_loss import limit_heap_retention
+from newllm.lm_loss import Scores, limit_heap_retention
 from newllm.resume import fingerprint
 from newllm.runtime import Runtime, peak_memory
 from newllm.train.resumable import run_resumable
@@ -32,9 +33,9 @@ log = logging.getLogger(__name__)
 SECTIONS = STAGE_SECTIONS["transformer_lm"]
 
 
-def context_length(train: TokenSet, val: TokenSet) -> int:
-    """The transformer's context: the longest sample of either split (128 with the defaults)."""
-    lengths = torch.cat([ts.offsets[1:] - ts.offsets[:-1] for ts in (train, val)])
+def context_length(*sets: TokenSet) -> int:
+    """The transformer's context: the longest sample of any split (128 with the defaults)."""
+    lengths = torch.cat([ts.offsets[1:] - ts.offsets[:-1] for ts in sets])
     return max(2, int(lengths.max()))
 
 
@@ -44,13 +45,15 @@ def run(cfg: Config) -> dict:
     limit_heap_retention()
     m, tc, stream = cfg.model, cfg.transformer, cfg.phase1.stream
     train, val = load_token_set(paths.TOKENS_TRAIN, m.vocab_size), load_token_set(paths.TOKENS_VAL, m.vocab_size)
+    test = load_token_set(paths.TOKENS_TEST, m.vocab_size)
     layers, heads = resolve_shape(tc, m.embed_dim, m.context_dim, m.num_layers)
     if m.embed_dim % heads:
         raise ConfigError("transformer.num_heads", tc.num_heads, f"a divisor of model.embed_dim ({m.embed_dim}), or 0")
-    length = context_length(train, val)
-    val_seq = sequences(val.tokens, val.offsets, stream, length)
-    if int((val_seq[1] >= 0).sum()) != pairs(val.tokens, val.offsets, stream)[1].numel():
-        raise DataError("transformer_lm: its validation sequences do not cover Phase 2's validation pairs")
+    length = context_length(train, val, test)
+    val_seq, test_seq = (sequences(ts.tokens, ts.offsets, stream, length) for ts in (val, test))
+    for name, ts, seq in (("validation", val, val_seq), ("test", test, test_seq)):
+        if int((seq[1] >= 0).sum()) != pairs(ts.tokens, ts.offsets, stream)[1].numel():
+            raise DataError(f"transformer_lm: its {name} sequences do not cover Phase 2's {name} pairs")
 
     def fresh() -> TransformerTrainer:
         model = TransformerLM(m.vocab_size, m.embed_dim, layers, heads, tc.ff_mult, length, tc.dropout,
@@ -67,13 +70,17 @@ def run(cfg: Config) -> dict:
     shape = {"layers": layers, "heads": heads, "d_model": m.embed_dim, "ff_mult": tc.ff_mult, "context": length,
              "block_parameters": block_parameters(m.embed_dim, tc.ff_mult),
              "cvfp_layer_parameters": cvfp_layer_parameters(m.embed_dim, m.context_dim, m.num_layers)}
-    metrics = _write_outputs(cfg, trainer, shape, train, time.perf_counter() - t_start, peak_memory(rt.device))
+    trainer.model.load_state_dict(trainer.state.kept)
+    scores = trainer.evaluate(test_seq, pairs=True)
+    rows = pair_rows(test.tokens, test.offsets, stream)
+    atomic_write_text(paths.rows_file("transformer"), rows_csv(row_sums(rows, {"transformer": scores.pair_ce})))
+    metrics = _write_outputs(cfg, trainer, shape, train, scores, time.perf_counter() - t_start, peak_memory(rt.device))
     run_.done()
     return metrics
 
 
-def _write_outputs(cfg: Config, trainer: TransformerTrainer, shape: dict, train: TokenSet, seconds: float,
-                   memory: dict) -> dict:
+def _write_outputs(cfg: Config, trainer: TransformerTrainer, shape: dict, train: TokenSet, test: Scores,
+                   seconds: float, memory: dict) -> dict:
     st = trainer.state
     kept, last = st.history[st.best - 1], st.history[-1]
     atomic_torch_save({"model_state_dict": st.kept, "epoch": st.best, "config": {
@@ -86,6 +93,8 @@ def _write_outputs(cfg: Config, trainer: TransformerTrainer, shape: dict, train:
         return {"loss": round(r["val_loss"], 6), "ppl": round(r["val_ppl"], 4), "acc": round(r["val_acc"], 6)}
 
     metrics = {
+        "test": {"loss": round(test.loss, 6), "ppl": round(test.ppl, 4), "acc": round(test.acc, 6)},
+        "test_targets": test.targets,
         "val": figs(kept), "train": {"loss": round(kept["train_loss"], 6), "ppl": round(kept["train_ppl"], 4)},
         "last": {"epoch": last["epoch"], "val": figs(last)},
         "best_epoch": st.best, "epochs": st.done, "stopped_early": st.stopped_early,
@@ -96,7 +105,7 @@ def _write_outputs(cfg: Config, trainer: TransformerTrainer, shape: dict, train:
         "precision": trainer.rt.precision, "device": trainer.rt.device.type, **memory,
     }
     atomic_write_json(paths.TRANSFORMER_METRICS, metrics)
-    log.info("transformer done (%d layers, %d heads, %.2f M parameters): kept epoch %d val loss %.4f (ppl %.1f, "
-             "acc %.2f%%), %.1fs", shape["layers"], shape["heads"], metrics["parameters"] / 1e6, st.best,
-             kept["val_loss"], kept["val_ppl"], 100 * kept["val_acc"], seconds)
+    log.info("transformer done (%d layers, %d heads, %.2f M parameters): kept epoch %d (val loss %.4f): test loss "
+             "%.4f (ppl %.1f, acc %.2f%%), %.1fs", shape["layers"], shape["heads"], metrics["parameters"] / 1e6,
+             st.best, kept["val_loss"], test.loss, test.ppl, 100 * test.acc, seconds)
     return metrics

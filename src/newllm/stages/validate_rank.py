@@ -47,14 +47,16 @@ def run(cfg: Config) -> dict:
     mcfg, p1 = model.cfg, Phase1Config(**side["config"]["phase1"])
     train = load_token_set(paths.TOKENS_TRAIN, mcfg.vocab_size)
     val = load_token_set(paths.TOKENS_VAL, mcfg.vocab_size)
-    for path, ts in ((paths.TOKENS_TRAIN, train), (paths.TOKENS_VAL, val)):
+    test = load_token_set(paths.TOKENS_TEST, mcfg.vocab_size)
+    for path, ts in ((paths.TOKENS_TRAIN, train), (paths.TOKENS_VAL, val), (paths.TOKENS_TEST, test)):
         if ts.num_tokens < 2:  # one context has no pairwise cosine and no meaningful rank
             raise DataError(f"token cache {path} holds {ts.num_tokens} token; validate_rank needs at least 2 "
                             f"per split: raise data.num_samples or data.val_fraction")
     tc = load_contexts(paths.CONTEXTS_TRAIN, train.num_tokens, mcfg.context_dim)
     vc = load_contexts(paths.CONTEXTS_VAL, val.num_tokens, mcfg.context_dim)
+    sc = load_contexts(paths.CONTEXTS_TEST, test.num_tokens, mcfg.context_dim)
     seed = int(side["config"]["seed"])
-    prog = Progress("validate_rank", 7, unit="steps")
+    prog = Progress("validate_rank", 9, unit="steps")
     last_pass = context_report(tc["contexts"], v.cosine_pairs, seed)
     prog.update(1)
     # the convergence check (fp32, theta frozen): 5 more passes from the last training pass;
@@ -70,10 +72,13 @@ def run(cfg: Config) -> dict:
     reports.update(train_untrained=context_report(tc["untrained"], v.cosine_pairs, seed),
                    val_untrained=context_report(vc["untrained"], v.cosine_pairs, seed))
     prog.update(2)
+    reports.update(test=context_report(sc["contexts"], v.cosine_pairs, seed),
+                   test_untrained=context_report(sc["untrained"], v.cosine_pairs, seed))
+    prog.update(2)
     s_input = singular_values(x)
     refs = {"input": effective_rank(s_input), "gaussian": gaussian_er(train.num_tokens, mcfg.context_dim, seed)}
     prog.update(1)
-    metrics = _verdict(v, reports, last_pass, refs, diffs, mcfg, side, train, val)
+    metrics = _verdict(v, reports, last_pass, refs, diffs, mcfg, side, {"train": train, "val": val, "test": test})
     metrics.update(time_s=round(time.perf_counter() - t0, 2), **peak_memory(rt.device))
     atomic_write_json(paths.VALIDATE_METRICS, metrics)
     atomic_write_text(paths.CONVERGENCE, "pass,diff\n" + "".join(f"{j + 1},{x_:.8g}\n" for j, x_ in enumerate(diffs)))
@@ -84,9 +89,9 @@ def run(cfg: Config) -> dict:
     return metrics
 
 
-def _verdict(v, reports: dict, last_pass: dict, refs: dict, diffs: list[float], mcfg, side: dict,
-             train, val) -> dict:
-    """metrics/validate.json: the criteria, the ranks with their references, the flags."""
+def _verdict(v, reports: dict, last_pass: dict, refs: dict, diffs: list[float], mcfg, side: dict, sets: dict) -> dict:
+    """metrics/validate.json: the criteria (on the validation split, as the original guide defines
+    them), the ranks with their references (the test split's beside), the flags."""
     tr, va = reports["train"], reports["val"]
     final_diff = diffs[-1]
     criteria = {
@@ -103,9 +108,12 @@ def _verdict(v, reports: dict, last_pass: dict, refs: dict, diffs: list[float], 
         "thresholds": {"min_train_er_pct": v.min_train_er_pct, "min_val_er_pct": v.min_val_er_pct,
                        "max_final_diff": v.max_final_diff},
         "train": {**strip(tr), "er_pct_untrained": reports["train_untrained"]["er_pct"],
-                  "er_pct_last_pass": last_pass["er_pct"], "tokens": train.num_tokens},
-        "val": {**strip(va), "er_pct_untrained": reports["val_untrained"]["er_pct"], "tokens": val.num_tokens},
-        "untrained": {"train": strip(reports["train_untrained"]), "val": strip(reports["val_untrained"])},
+                  "er_pct_last_pass": last_pass["er_pct"], "tokens": sets["train"].num_tokens},
+        "val": {**strip(va), "er_pct_untrained": reports["val_untrained"]["er_pct"], "tokens": sets["val"].num_tokens},
+        "test": {**strip(reports["test"]), "er_pct_untrained": reports["test_untrained"]["er_pct"],
+                 "tokens": sets["test"].num_tokens},
+        "untrained": {"train": strip(reports["train_untrained"]), "val": strip(reports["val_untrained"]),
+                      "test": strip(reports["test_untrained"])},
         "input": {"er": round(refs["input"], 4), "er_pct": round(100 * refs["input"] / mcfg.embed_dim, 4)},
         "gaussian": {"er": round(refs["gaussian"], 4), "er_pct": round(100 * refs["gaussian"] / d, 4)},
         "final_diff": final_diff,
@@ -125,7 +133,8 @@ def _announce(v, metrics: dict) -> None:
              f"  train ER {tr['er_pct']:.2f}% (> {v.min_train_er_pct}: {criteria['train_er']}; "
              f"untrained {tr['er_pct_untrained']:.2f}%, gaussian {metrics['gaussian']['er_pct']:.2f}%)",
              f"  val ER   {va['er_pct']:.2f}% (> {v.min_val_er_pct}: {criteria['val_er']}; "
-             f"untrained {va['er_pct_untrained']:.2f}%)",
+             f"untrained {va['er_pct_untrained']:.2f}%); test ER {metrics['test']['er_pct']:.2f}% (reported, not a "
+             f"criterion)",
              f"  final_diff {metrics['final_diff']:.6g} (< {v.max_final_diff}: {criteria['final_diff']}; fp32 check)",
              f"  collapse: train {tr['collapsed']} (mean cos {tr['mean_cos']:.3f}, |c| {tr['mean_norm']:.3g}), "
              f"val {va['collapsed']}"]

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-SCHEDULES = ("constant", "cosine")
-
 
 @dataclass(frozen=True)
 class OptimSpec:
