@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the pe
 from common import chat_tokens, matmul_gflops, median, sync  # noqa: E402
 from reference import phase1_reference  # noqa: E402
 
-from newllm.config import DIVERSITY_OBJECTIVES, ModelConfig, Phase1Config  # noqa: E402
+from newllm.config import ModelConfig, Phase1Config
+from newllm.cvfp.diversity import DIVERSITY  # noqa: E402
 from newllm.cvfp.engine import batch_ranges  # noqa: E402
 from newllm.cvfp.model import build_model  # noqa: E402
 from newllm.cvfp.phase1 import Phase1Trainer  # noqa: E402
@@ -94,7 +95,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: GFLOP/s against the GPU's own measured matmul peak")
     ap.add_argument("--reference-tokens", type=int, default=1000)
-    ap.add_argument("--diversity", choices=DIVERSITY_OBJECTIVES, default=Phase1Config().diversity,
+    ap.add_argument("--diversity", choices=tuple(DIVERSITY), default=Phase1Config().diversity,
                     help="the objective of the batched run (none: the pass without one, for its cost)")
     ap.add_argument("--anchors", type=int, default=Phase1Config().uniformity_anchors,
                     help="phase1.uniformity_anchors (0: every pair; K > 0 sets the group size to 0)")

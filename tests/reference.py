@@ -10,7 +10,7 @@ import torch
 
 from newllm.config import Phase1Config
 from newllm.cvfp.model import CVFPModel
-from newllm.cvfp.objectives import OBJECTIVES
+from newllm.cvfp.objectives import OBJECTIVES, fixed_point_term, phase1_loss
 from newllm.cvfp.noise import pass_noise
 
 
@@ -75,13 +75,13 @@ def phase1_reference(model: CVFPModel, tokens: torch.Tensor, offsets: torch.Tens
                 c = c[0]
             if train:
                 batch_c.append(c)
-                batch_cvfp.append(((c - prev[i]) ** 2).mean())
+                batch_cvfp.append(fixed_point_term(c.unsqueeze(0), prev[i].unsqueeze(0))[0])
                 conv += int(float(((c.detach() - prev[i]) ** 2).mean()) < cfg.convergence_threshold)
             carry[j] = c.detach()
             cur[i] = c.detach()
             if train and ((pos + 1) % b_size == 0 or pos + 1 == n):
                 big_c = torch.stack(batch_c)
-                loss = (1 - w) * torch.stack(batch_cvfp).mean() + w * objective(big_c, mu, cfg)
+                loss = phase1_loss(torch.stack(batch_cvfp).sum(), objective(big_c, mu, cfg), w, len(batch_cvfp))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 _step(params, opt, cfg.gradient_clip, grad_sink)

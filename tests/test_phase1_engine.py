@@ -10,7 +10,8 @@ from reference import phase1_reference, token_order
 from toy import from_lists
 
 import newllm.cvfp.phase1 as p1mod
-from newllm.config import DIVERSITY_OBJECTIVES, ModelConfig, Phase1Config
+from newllm.config import ModelConfig, Phase1Config
+from newllm.cvfp.diversity import DIVERSITY
 from newllm.cvfp.engine import Schedule, batch_ranges
 from newllm.cvfp.model import build_model, count_parameters
 from newllm.cvfp.phase1 import Phase1Trainer
@@ -193,7 +194,7 @@ def test_convergence_diffs_match_a_per_token_loop(mode):
     assert expected[0] > 0
 
 
-@pytest.mark.parametrize("diversity", DIVERSITY_OBJECTIVES)
+@pytest.mark.parametrize("diversity", tuple(DIVERSITY))
 @pytest.mark.parametrize("batch_tokens", [7, 0])
 def test_every_objective_matches_reference_float64(diversity, batch_tokens, fuse):
     """Each objective through the trainer (its gradient taken once on the whole batch and pushed
@@ -242,7 +243,7 @@ def test_objectives_move_the_contexts_differently():
     """The objective is really in the loss: the same run under each objective ends with
     different weights (w = 0.7), and `none` equals w = 0 up to the (1 - w) scale of the loss."""
     finals = {}
-    for diversity in DIVERSITY_OBJECTIVES:
+    for diversity in tuple(DIVERSITY):
         tr, m1, *_ = run_both("sample", 7, 2, torch.float64, lr=0.01, diversity=diversity, dist_reg_weight=0.7)
         finals[diversity] = torch.cat([p.detach().flatten() for p in m1.parameters()])
     names = list(finals)
@@ -262,7 +263,7 @@ def test_batch_objectives_refuse_the_online_batch():
     from_dict({"phase1": {"diversity": "vicreg", "batch_tokens": 1, "dist_reg_weight": 0.0}}, sections=["phase1"])
 
 
-@pytest.mark.parametrize("diversity", DIVERSITY_OBJECTIVES)
+@pytest.mark.parametrize("diversity", tuple(DIVERSITY))
 def test_every_objective_is_finite_on_a_one_token_batch(diversity):
     """A pass's last batch can hold a single token (e.g. 1,025 tokens in 1,024-token batches)."""
     from newllm.cvfp.objectives import value_and_grad

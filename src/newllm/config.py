@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import yaml
 
+from newllm.cvfp.diversity import DEFAULT as DIVERSITY_DEFAULT
+from newllm.cvfp.diversity import DIVERSITY
 from newllm.errors import ConfigError
 
 # ---------------------------------------------------------------------------
@@ -109,14 +111,7 @@ def F(default: Any, check: Callable[[Any], str | None], doc: str = "") -> Any:
 # ---------------------------------------------------------------------------
 # sections
 
-# Phase 1 diversity objectives (functions in newllm.cvfp.objectives, one per name). Batch-level
-# ones are statistics of a batch's contexts; quadratic ones hold a batch x batch matrix.
-DIVERSITY_OBJECTIVES = ("ema_distance", "centroid_dispersion", "origin_anchored", "vicreg", "uniformity",
-                        "spectral_entropy", "nuclear", "none")
-BATCH_LEVEL_OBJECTIVES = ("centroid_dispersion", "origin_anchored", "vicreg", "uniformity",
-                          "spectral_entropy", "nuclear")
-QUADRATIC_OBJECTIVES = ("uniformity",)
-MAX_QUADRATIC_BATCH = 16384
+MAX_QUADRATIC_BATCH = 16384  # batch_tokens at most, with a diversity objective that holds a b x b matrix
 # learning-rate schedules of newllm.train.optim
 SCHEDULES = ("constant", "cosine")
 
@@ -175,7 +170,7 @@ class Phase1Config:
     max_iterations: int = F(10, integer(1, 10_000), "passes at most, pass 0 (untrained forward) included")
     learning_rate: float = F(0.002, number(0, 10, lo_open=True), "Adam lr")
     dist_reg_weight: float = F(0.7, number(0, 1), "w in (1-w) L_cvfp + w L_div")
-    diversity: str = F("uniformity", choice(*DIVERSITY_OBJECTIVES),
+    diversity: str = F(DIVERSITY_DEFAULT, choice(*DIVERSITY),
                        "the diversity objective L_div (docs/objectives.md)")
     uniformity_temperature: float = F(2.0, number(0, 1000, lo_open=True), "t of diversity: uniformity")
     uniformity_anchors: int = F(0, integer(0), "diversity: uniformity compares each context with this many "
@@ -203,12 +198,13 @@ class Phase1Config:
             raise ConfigError("phase1.uniformity_group_size", self.uniformity_group_size,
                               f"0 while phase1.uniformity_anchors is set ({self.uniformity_anchors}): "
                               f"choose one pair set")
-        if self.diversity in BATCH_LEVEL_OBJECTIVES and self.dist_reg_weight > 0:
+        div = DIVERSITY[self.diversity]
+        if div.batch_level and self.dist_reg_weight > 0:
             if self.batch_tokens == 1:
                 raise ConfigError("phase1.batch_tokens", self.batch_tokens,
                                   f"at least 2 with phase1.diversity: {self.diversity} (a statistic of the "
                                   f"batch's contexts), or diversity ema_distance/none for the online algorithm")
-            if self.diversity in QUADRATIC_OBJECTIVES and not 0 < self.batch_tokens <= MAX_QUADRATIC_BATCH:
+            if div.quadratic and not 0 < self.batch_tokens <= MAX_QUADRATIC_BATCH:
                 raise ConfigError("phase1.batch_tokens", self.batch_tokens,
                                   f"between 2 and {MAX_QUADRATIC_BATCH} with phase1.diversity: {self.diversity} "
                                   f"(it holds a batch x batch matrix)")

@@ -1,12 +1,14 @@
-"""Phase 1 diversity objectives: one function per name, chosen by ``phase1.diversity``.
+"""The Phase 1 loss and its diversity objectives, one function per name of ``phase1.diversity``.
 
-Phase 1 minimises ``(1 - w) * mean_t L_cvfp(t) + w * D(C)`` per optimizer batch, where ``C``
-(b x d_c) holds the batch's contexts and ``w = phase1.dist_reg_weight``. Every objective
-here is ``D(C, mu, cfg) -> scalar`` on the *whole* batch (whatever ``chunk_tokens`` is); a
-per-token term is the mean over the batch's rows. The trainer takes ``dD/dC`` once per
-batch (``value_and_grad``) and pushes it through the chunks' forward graphs, and the
-per-token reference of the tests calls the same functions, so adding an objective is one
-function plus one entry in ``OBJECTIVES``. Formulas, costs and measurements: docs/objectives.md.
+Phase 1 minimises ``phase1_loss``: ``(1 - w) * mean_t L_cvfp(t) + w * D(C)`` per optimizer
+batch, where ``L_cvfp(t) = mean_i (c_t - sg(c_prev_t))_i^2`` is the fixed-point term, ``C``
+(b x d_c) holds the batch's contexts and ``w = phase1.dist_reg_weight``. Every objective here
+is ``D(C, mu, cfg) -> scalar`` on the *whole* batch (whatever ``chunk_tokens`` is); a per-token
+term is the mean over the batch's rows. The trainer takes ``dD/dC`` once per batch
+(``value_and_grad``) and pushes it through the chunks' forward graphs; the per-token reference
+of the tests calls the same functions. The names, formulas and flags are the registry
+``newllm.cvfp.diversity``: adding an objective is one function here and one entry there.
+Formulas, costs and measurements: docs/objectives.md.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from newllm.config import BATCH_LEVEL_OBJECTIVES, DIVERSITY_OBJECTIVES, Phase1Config
+from newllm.config import Phase1Config
+from newllm.cvfp.diversity import DIVERSITY
 
 Objective = Callable[[torch.Tensor, torch.Tensor, Phase1Config], torch.Tensor]
 
@@ -163,20 +166,22 @@ def none(c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config) -> torch.Tensor:
     return c.sum() * 0.0
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "ema_distance": ema_distance,
-    "centroid_dispersion": centroid_dispersion,
-    "origin_anchored": origin_anchored,
-    "vicreg": vicreg,
-    "uniformity": uniformity,
-    "spectral_entropy": spectral_entropy,
-    "nuclear": nuclear,
-    "none": none,
-}
-assert tuple(OBJECTIVES) == DIVERSITY_OBJECTIVES, "phase1.diversity's allowed names are the functions here"
-BATCH_LEVEL = BATCH_LEVEL_OBJECTIVES
-# objectives whose matmuls follow a low-precision run's autocast (their reductions stay fp32)
-LOW_PRECISION_MATMULS = ("uniformity",)
+# the function of each registry entry: the one of the same name above
+OBJECTIVES: dict[str, Objective] = {name: globals()[name] for name in DIVERSITY}
+
+
+def fixed_point_term(c: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """``L_cvfp`` of each token: ``mean_i (c_t - c_prev_t)_i^2`` (``prev`` carries no gradient)."""
+    return ((c - prev) ** 2).mean(1)
+
+
+def phase1_loss(cvfp_sum, div, w: float, b: int):
+    """The Phase 1 loss of a batch of ``b`` tokens: ``(1 - w) * cvfp_sum / b + w * div``, with
+    ``cvfp_sum`` the summed ``fixed_point_term`` of the batch's tokens and ``div`` its ``D(C)``.
+    The trainer calls it per chunk with ``div = sum(c * dD/dC)`` (the same gradient: ``dD/dC`` is
+    the whole batch's), the reference once per batch with ``D(C)`` itself, the pass records
+    with the pass's means (``b = 1``)."""
+    return (1 - w) * cvfp_sum / b + w * div
 
 
 def value_and_grad(name: str, c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Config,
@@ -186,7 +191,7 @@ def value_and_grad(name: str, c: torch.Tensor, mu: torch.Tensor, cfg: Phase1Conf
     matmuls run in it, as the step's other matmuls do; every other objective and every
     reduction stays fp32. The gradient is None when ``need_grad`` is false or D is constant."""
     fn = OBJECTIVES[name]
-    low = matmul_dtype is not None and matmul_dtype != torch.float32 and name in LOW_PRECISION_MATMULS
+    low = matmul_dtype is not None and matmul_dtype != torch.float32 and DIVERSITY[name].low_precision
     with torch.autocast(c.device.type, dtype=matmul_dtype if low else None, enabled=low), torch.enable_grad():
         leaf = c.detach().to(torch.promote_types(c.dtype, torch.float32)).requires_grad_(need_grad)
         value = fn(leaf, mu.to(leaf.dtype), cfg)

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from newllm.config import Phase1Config
 from newllm.cvfp.engine import Schedule, batch_ranges, chunks, scan
 from newllm.cvfp.model import CVFPModel
-from newllm.cvfp.objectives import value_and_grad
+from newllm.cvfp.objectives import fixed_point_term, phase1_loss, value_and_grad
 from newllm.cvfp.noise import PassNoise, pass_noise, rank_rows
 from newllm.dist import SINGLE, Dist
 from newllm.errors import NumericalError
@@ -181,7 +181,7 @@ class Phase1Trainer(Trainer):
         train = k >= 1
         nan = float("nan")
         cvfp, div = (tot["cvfp"] / n, tot["div"] / n) if train else (nan, nan)
-        rec = {"pass_index": k, "cvfp_loss": cvfp, "div_loss": div, "total_loss": (1 - w) * cvfp + w * div,
+        rec = {"pass_index": k, "cvfp_loss": cvfp, "div_loss": div, "total_loss": phase1_loss(cvfp, div, w, 1),
                "converged_frac": tot["conv"] / n if train else 0.0,
                "mean_diff_mse": tot["mse"] / n if train else nan, "mean_context_norm": tot["norm"] / n,
                "optimizer_steps": steps, "time_s": round(seconds, 3), "tokens_per_s": round(n / seconds, 1)}
@@ -248,10 +248,8 @@ class Phase1Trainer(Trainer):
                     with self.rt.autocast():
                         c, x_out = fwd(c_in[a:e], self.x_of(idx[a:e]))
                 c = c.to(prev.dtype)
-                l_cvfp = ((c - prev[a:e]) ** 2).mean(1)
-                loss = (1 - w) * l_cvfp.sum() / b
-                if div_grad is not None:
-                    loss = loss + w * (c * div_grad[a:e]).sum()
+                l_cvfp = fixed_point_term(c, prev[a:e])
+                loss = phase1_loss(l_cvfp.sum(), 0.0 if div_grad is None else (c * div_grad[a:e]).sum(), w, b)
                 if not bool(torch.isfinite(loss)):
                     raise NumericalError(f"phase1 pass {k}: non-finite loss at schedule tokens {p0 + a}-{p0 + e} "
                                          f"(cvfp {float(l_cvfp.detach().sum()):.4g}, {self.cfg.diversity} {div:.4g})")

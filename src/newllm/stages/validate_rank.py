@@ -79,6 +79,7 @@ def run(cfg: Config) -> dict:
     refs = {"input": effective_rank(s_input), "gaussian": gaussian_er(train.num_tokens, mcfg.context_dim, seed)}
     prog.update(1)
     metrics = _verdict(v, reports, last_pass, refs, diffs, mcfg, side, {"train": train, "val": val, "test": test})
+    metrics["diversity"] = p1.diversity  # the sidecar's config, with the registry's default where it has none
     metrics.update(time_s=round(time.perf_counter() - t0, 2), **peak_memory(rt.device))
     atomic_write_json(paths.VALIDATE_METRICS, metrics)
     atomic_write_text(paths.CONVERGENCE, "pass,diff\n" + "".join(f"{j + 1},{x_:.8g}\n" for j, x_ in enumerate(diffs)))
@@ -121,7 +122,6 @@ def _verdict(v, reports: dict, last_pass: dict, refs: dict, diffs: list[float], 
         "check_precision": "fp32",
         "collapsed": bool(tr["collapsed"] or va["collapsed"]),
         "embeddings": side.get("embeddings"),
-        "diversity": side["config"]["phase1"].get("diversity", "ema_distance"),
         "optimizer_steps": side.get("optimizer_steps"),
     }
 
