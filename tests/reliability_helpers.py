@@ -18,8 +18,9 @@ from pathlib import Path
 import yaml
 from conftest import ROOT, TINY_PARAMS, deep_update
 
-STAGES = ["fetch_ultrachat", "tokenize_cache", "baselines", "phase1_fixed_point", "validate_rank", "phase2_lm",
-          "transformer_lm", "report"]
+from newllm import pipeline
+
+STAGES = [s.name for s in pipeline.STAGES]
 # volatile metrics: wall time, speed, memory
 VOLATILE = ("time", "tokens_per_s", "tok_per_s", "peak", "rss", "_mb", "elapsed")
 

@@ -9,9 +9,6 @@ import sys
 
 from newllm.errors import NewLLMError
 
-# The param whose batch size a stage's out-of-memory message names first (stages that train).
-OOM_BATCH_KEY = {"phase1_fixed_point": "phase1.batch_tokens", "phase2_lm": "phase2.batch_tokens",
-                 "transformer_lm": "transformer.batch_tokens"}
 
 
 def setup_logging() -> None:
@@ -20,9 +17,11 @@ def setup_logging() -> None:
 
 
 def _run_stage(name: str, params: str) -> None:
-    from newllm.config import STAGE_SECTIONS, load
+    from newllm.config import load
+    from newllm.pipeline import BY_NAME
 
-    sections = STAGE_SECTIONS[name]
+    stage = BY_NAME[name]
+    sections = list(stage.sections)
     cfg = load(params, sections=sections)  # every key checked before torch is imported
     if "runtime" in sections:
         from newllm.runtime import check_device, oom_advice
@@ -31,8 +30,8 @@ def _run_stage(name: str, params: str) -> None:
         from newllm.dist import relaunch_under_torchrun
         relaunch_under_torchrun(cfg.dist.nproc)
     module = importlib.import_module(f"newllm.stages.{name}")
-    if name in OOM_BATCH_KEY:
-        with oom_advice(name, OOM_BATCH_KEY[name]):
+    if stage.oom_key:
+        with oom_advice(name, stage.oom_key):
             module.run(cfg)
     else:
         module.run(cfg)

@@ -380,20 +380,6 @@ def _build_section(name: str, raw: Any) -> Any:
 
 TOP_LEVEL_KEYS = ("seed", *SECTIONS)
 
-# The sections a stage validates before it imports torch or reads any input (its
-# pipeline module's SECTIONS; dvc.yaml lists those that change its results).
-STAGE_SECTIONS: dict[str, list[str]] = {
-    "fetch_ultrachat": ["data"],
-    "tokenize_cache": ["data"],
-    "phase1_fixed_point": ["model", "phase1", "runtime", "resume", "dist"],
-    "validate_rank": ["validate", "runtime"],
-    "phase2_lm": ["model", "phase2", "runtime", "resume", "dist"],
-    "baselines": ["phase1"],
-    "transformer_lm": ["model", "phase1", "transformer", "runtime", "resume"],
-    "report": ["report"],
-}
-
-
 def from_dict(raw: Any, sections: list[str] | None = None) -> Config:
     """Build and validate a Config. Only ``sections`` (default: all) are checked; the
     others keep their defaults, so a stage never fails on another stage's section.

@@ -36,13 +36,15 @@ import yaml
 from newllm.config import from_dict
 from newllm.errors import ConfigError, NewLLMError
 from newllm.html.common import get
+from newllm.pipeline import STAGES
 
 log = logging.getLogger(__name__)
 
-# the detailed metrics files the comparison reads (headline keys come from exp show)
-DETAIL_FILES = ("metrics/data.json", "metrics/phase1.json", "metrics/validate.json", "metrics/phase2.json",
-                "metrics/baselines.json", "metrics/transformer.json")
-TIMED_STAGES = ("phase1", "validate", "phase2")
+# the detailed metrics files the comparison reads (headline keys come from exp show), and the
+# stages whose wall time it fits against the number of tokens
+DETAIL_FILES = tuple(str(s.metrics) for s in STAGES if s.metrics)
+TIMED_STAGES = tuple(s.label for s in STAGES if s.timed and s.name in ("phase1_fixed_point", "validate_rank",
+                                                                       "phase2_lm", "transformer_lm"))
 
 
 # ---------------------------------------------------------------------------

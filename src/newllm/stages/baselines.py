@@ -8,17 +8,17 @@ from __future__ import annotations
 import logging
 import time
 
-from newllm import paths
+from newllm import paths, pipeline
 from newllm.baselines.ngram import MODELS, Baselines
 from newllm.bootstrap import row_sums, rows_csv
-from newllm.config import STAGE_SECTIONS, Config
+from newllm.config import Config
 from newllm.data.tokens import load_token_set, pair_rows
 from newllm.errors import DataError
 from newllm.io import atomic_write_json, atomic_write_text, read_json
 from newllm.memory import peak_rss_mb
 
 log = logging.getLogger(__name__)
-SECTIONS = STAGE_SECTIONS["baselines"]
+SECTIONS = pipeline.sections("baselines")
 
 
 def run(cfg: Config) -> dict:

@@ -5,13 +5,13 @@ import logging
 import time
 from pathlib import Path
 
-from newllm import paths
-from newllm.config import STAGE_SECTIONS, Config
+from newllm import paths, pipeline
+from newllm.config import Config
 from newllm.data.fetch import RawData, fetch, reasons_text, write_raw
 from newllm.io import atomic_write_json
 
 log = logging.getLogger(__name__)
-SECTIONS = STAGE_SECTIONS["fetch_ultrachat"]
+SECTIONS = pipeline.sections("fetch_ultrachat")
 
 def run(cfg: Config, out_dir: Path = paths.RAW_TRAIN.parent,
         metrics_path: Path = paths.FETCH_METRICS) -> RawData:

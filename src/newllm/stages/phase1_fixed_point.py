@@ -6,9 +6,9 @@ import time
 
 import torch
 
-from newllm import paths
+from newllm import paths, pipeline
 from newllm.cvfp import checkpoint
-from newllm.config import STAGE_SECTIONS, Config
+from newllm.config import Config
 from newllm.cvfp.engine import Schedule
 from newllm.cvfp.model import build_model
 from newllm.cvfp.noise import NOISE_SCHEME
@@ -23,7 +23,7 @@ from newllm.runtime import Runtime, device_type, merge_peaks, peak_memory
 from newllm.train.resumable import run_resumable
 
 log = logging.getLogger(__name__)
-SECTIONS = STAGE_SECTIONS["phase1_fixed_point"]
+SECTIONS = pipeline.sections("phase1_fixed_point")
 KEPT = (f"Nothing was written: {paths.PHASE1_CKPT}, {paths.CONTEXTS_TRAIN.parent}/ and {paths.PHASE1_METRICS} "
         f"keep the previous run's files.")
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import time
 
-from newllm import paths
+from newllm import paths, pipeline
 from newllm.cvfp import checkpoint
-from newllm.config import STAGE_SECTIONS, Config
+from newllm.config import Config
 from newllm.cvfp.phase2 import Phase2Trainer, prepare_head
 from newllm.bootstrap import row_sums, rows_csv
 from newllm.data.tokens import TokenSet, load_token_set, pair_rows
@@ -34,7 +34,7 @@ from newllm.runtime import Runtime, device_type, merge_peaks, peak_memory
 from newllm.train.resumable import run_resumable
 
 log = logging.getLogger(__name__)
-SECTIONS = STAGE_SECTIONS["phase2_lm"]
+SECTIONS = pipeline.sections("phase2_lm")
 CSV_COLUMNS = ["epoch", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_acc", "optimizer_steps",
                "time_s", "tokens_per_s"]
 KEPT = f"Nothing final was written ({paths.PHASE2_BEST}, {paths.PHASE2_METRICS})."

@@ -8,14 +8,14 @@ import logging
 import math
 from pathlib import Path
 
-from newllm import paths
+from newllm import paths, pipeline
 from newllm.compare import compare
-from newllm.config import STAGE_SECTIONS, Config
+from newllm.config import Config
 from newllm.html.run_report import build_report
 from newllm.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-SECTIONS = STAGE_SECTIONS["report"]
+SECTIONS = pipeline.sections("report")
 
 # The headline, in the order `dvc exp show` prints it: (key, metrics file, dotted key there, digits).
 # DVC prints one column per key, so the headline holds the figures that decide a run and fits 120

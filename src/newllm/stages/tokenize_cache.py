@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from newllm import paths
+from newllm import paths, pipeline
 from newllm.paths import SPLITS
-from newllm.config import STAGE_SECTIONS, Config
+from newllm.config import Config
 from newllm.data.tokenize import conversation_text, read_rows, split_metrics, tokenize_texts, unseen_type_frac
 from newllm.data.tokenizer import build_tokenizer, save_tokenizer
 from newllm.data.tokens import save_token_set
@@ -16,7 +16,7 @@ from newllm.errors import DataError
 from newllm.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
-SECTIONS = STAGE_SECTIONS["tokenize_cache"]
+SECTIONS = pipeline.sections("tokenize_cache")
 
 def run(cfg: Config, raw_dir: Path = paths.RAW_TRAIN.parent,
         tokens_dir: Path = paths.TOKENS_TRAIN.parent, tokenizer_dir: Path = paths.TOKENIZER_DIR,

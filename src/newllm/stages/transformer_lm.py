@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from newllm import paths
+from newllm import paths, pipeline
 from newllm.baselines.ngram import pairs
 from newllm.baselines.transformer import (
     TransformerLM,
@@ -19,7 +19,7 @@ from newllm.baselines.transformer import (
     resolve_shape,
     sequences,
 )
-from newllm.config import STAGE_SECTIONS, Config
+from newllm.config import Config
 from newllm.bootstrap import row_sums, rows_csv
 from newllm.data.tokens import TokenSet, load_token_set, pair_rows
 from newllm.errors import ConfigError, DataError, NumericalError
@@ -30,7 +30,7 @@ from newllm.runtime import Runtime, peak_memory
 from newllm.train.resumable import run_resumable
 
 log = logging.getLogger(__name__)
-SECTIONS = STAGE_SECTIONS["transformer_lm"]
+SECTIONS = pipeline.sections("transformer_lm")
 
 
 def context_length(*sets: TokenSet) -> int:

@@ -6,9 +6,9 @@ import time
 
 import torch
 
-from newllm import paths
+from newllm import paths, pipeline
 from newllm.cvfp import checkpoint
-from newllm.config import STAGE_SECTIONS, Config, Phase1Config
+from newllm.config import Config, Phase1Config
 from newllm.cvfp.engine import Schedule
 from newllm.cvfp.passes import convergence_diffs, embed_all
 from newllm.cvfp.rank import (
@@ -23,7 +23,7 @@ from newllm.io import atomic_write_json, atomic_write_text, torch_load
 from newllm.runtime import Progress, Runtime, peak_memory
 
 log = logging.getLogger(__name__)
-SECTIONS = STAGE_SECTIONS["validate_rank"]
+SECTIONS = pipeline.sections("validate_rank")
 
 
 def load_contexts(path, n_tokens: int, d_c: int) -> dict:
