@@ -23,7 +23,8 @@ def _entry(rev: str, name: str | None, n: int, tokens: int | None, p1_time: floa
             "metrics/phase1.json": {"data": {"tokens": tokens, "time_s": p1_time, "peak_rss_mb": 300.0}},
             "metrics/validate.json": {"data": {"train": {"er_pct": 80.0, "er_pct_untrained": 85.0},
                                                "val": {"er_pct": 70.0}, "final_diff": 0.5, "passed": False}},
-            "metrics/phase2.json": {"data": {"val": {"loss": 7.0, "ppl": 1096.6, "acc": 0.12}}},
+            "metrics/phase2.json": {"data": {"val": {"loss": 7.0, "ppl": 1096.6, "acc": 0.12},
+                                             "test": {"loss": 7.0, "ppl": 1096.6, "acc": 0.12}}},
         }
     return {"rev": rev, "name": name, "error": None,
             "data": {"rev": rev, "timestamp": None, "metrics": metrics,
@@ -65,7 +66,9 @@ def test_exp_show_rows_frame_and_exponent():
 
 
 def test_compare_writes_csv_and_html_from_show(tmp_path):
-    csv_path, html_path, df = ex.compare(out=tmp_path / "cmp", show=_show(), details=False)
+    csv_path, html_path, df, configs = ex.compare(out=tmp_path / "cmp", show=_show(), details=False)
+    assert [c["runs"] for c in configs] == [1, 1]  # two configurations (the objective differs)
+    assert (tmp_path / "cmp_by_config.csv").read_text().startswith("params.")
     rows = list(csv.DictReader(csv_path.open()))
     assert [r["name"] for r in rows] == ["scale-50", "scale-78"]
     assert [r["train_tokens"] for r in rows] == ["6400", "9984"]
@@ -74,6 +77,35 @@ def test_compare_writes_csv_and_html_from_show(tmp_path):
     assert html.count("<img") == 3 and "scale-999" in html and "dvc queue logs scale-999" in html
     assert "12.00%" in html  # accuracy shown in percent
     assert not has_remote_refs(html)
+
+
+def _run(name, seed, n, shift, num_samples=50):
+    """A finished run: its frame row and its per-conversation tables (CVFP's loss ``shift`` nats
+    above the transformer's on every conversation)."""
+    import torch
+    tf = torch.full((n,), 5.0, dtype=torch.float64)
+    tables = {"phase2": {"row": torch.arange(n).double(), "targets": torch.ones(n, dtype=torch.float64),
+                         "cvfp": tf + shift},
+              "transformer": {"row": torch.arange(n).double(), "targets": torch.ones(n, dtype=torch.float64),
+                              "transformer": tf}}
+    row = {"name": name, "params.seed": seed, "params.data.num_samples": num_samples, "phase2.test.loss": 5 + shift}
+    return row, tables
+
+
+def test_runs_aggregate_over_seeds_with_a_verdict_only_from_three():
+    import pandas as pd
+    from newllm.aggregate import aggregate
+    runs = [_run("a0", 0, 20, 0.30), _run("a1", 1, 20, 0.10), _run("a2", 2, 20, 0.20),
+            _run("b0", 0, 20, 0.2, num_samples=78), _run("b1", 1, 20, -0.1, num_samples=78)]
+    df = pd.DataFrame([r for r, _ in runs])
+    configs = {c["params.data.num_samples"]: c for c in aggregate(df, {r["name"]: t for r, t in runs})}
+    a, b = configs[50], configs[78]
+    assert a["runs"] == 3 and a["names"] == "a0,a1,a2" and "params.seed" not in a
+    assert a["phase2.test.loss.mean"] == pytest.approx(5.2) and a["phase2.test.loss.sd"] == pytest.approx(0.1)
+    assert (a["phase2.test.loss.min"], a["phase2.test.loss.max"]) == pytest.approx((5.1, 5.3))
+    v = a["vs.transformer"]
+    assert v["estimate"] == pytest.approx(0.2) and 0.1 <= v["lo"] <= v["hi"] <= 0.3 and v["verdict"] == "worse"
+    assert b["runs"] == 2 and b["vs.transformer"]["verdict"] == "fewer than 3 runs"
 
 
 def test_grid_is_the_cartesian_product_checked_point_by_point(tmp_path, monkeypatch):
@@ -127,26 +159,33 @@ def test_sweep_refuses_existing_names_and_reports_failures(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_sweep_as_experiments_metrics_diff_and_comparison(dvc_repo):
+def test_sweep_over_seeds_metrics_diff_and_the_aggregated_comparison(dvc_repo):
     repo = dvc_repo
-    p = repo.run(sys.executable, "-m", "newllm.sweep", "-S", "phase1.diversity=ema_distance,uniformity",
-                 "-S", "phase2.epochs=1", "--name-prefix", "t", timeout=900)
+    p = repo.run(sys.executable, "-m", "newllm.sweep", "-S", "seed=0,1,2", "-S", "phase2.epochs=1",
+                 "--name-prefix", "t", "--jobs", "2", timeout=900)
     assert "comparison:" in p.stdout, p.stderr[-2000:]
+    assert "3 run(s)" in p.stdout and "vs transformer" in p.stdout  # the terminal summary aggregates
 
     shown = {r["name"]: r for r in ex.exp_rows(json.loads(repo.dvc("exp", "show", "--json").stdout))}
-    assert set(shown) >= {"t-ema_distance", "t-uniformity"}
-    assert shown["t-uniformity"]["params.phase1.diversity"] == "uniformity"
-    assert shown["t-uniformity"]["params.phase2.epochs"] == 1  # the single-valued axis is passed too
-    assert all(shown[n]["state"] == "success" for n in ("t-ema_distance", "t-uniformity"))
+    assert set(shown) >= {"t-0", "t-1", "t-2"}
+    assert shown["t-1"]["params.seed"] == 1 and shown["t-1"]["params.phase2.epochs"] == 1
+    assert all(shown[n]["state"] == "success" for n in ("t-0", "t-1", "t-2"))
 
-    diff = json.loads(repo.dvc("metrics", "diff", "t-ema_distance", "t-uniformity", "--json").stdout)
-    assert diff, "the two objectives give different headline metrics"
+    diff = json.loads(repo.dvc("metrics", "diff", "t-0", "t-1", "--json").stdout)
+    assert diff, "two seeds give different headline metrics"
 
     rows = list(csv.DictReader((repo.path / "reports/sweep.csv").open()))
-    assert [r["params.phase1.diversity"] for r in rows] == ["ema_distance", "uniformity"]
-    assert all(float(r["phase2.val.ppl"]) > 0 and float(r["validate.train.er_pct"]) > 0 for r in rows)
+    assert [r["params.seed"] for r in rows] == ["0", "1", "2"]
+    assert all(float(r["phase2.test.ppl"]) > 0 and float(r["validate.train.er_pct"]) > 0 for r in rows)
+    configs = list(csv.DictReader((repo.path / "reports/sweep_by_config.csv").open()))
+    assert len(configs) == 1 and configs[0]["runs"] == "3"
+    mean = sum(float(r["phase2.test.loss"]) for r in rows) / 3
+    assert float(configs[0]["phase2.test.loss.mean"]) == pytest.approx(mean, abs=1e-9)
+    for base in ("transformer", "unigram", "kn_trigram", "mkn_trigram"):
+        v = {k: configs[0][f"vs.{base}.{k}"] for k in ("estimate", "lo", "hi", "verdict")}
+        assert float(v["lo"]) <= float(v["hi"]) and v["verdict"] in ("better", "worse", "not distinguishable"), v
     html = (repo.path / "reports/sweep.html").read_text()
-    assert "t-uniformity" in html and html.count("<img") == 3
+    assert "t-2" in html
 
     # --compare-only reads the same experiments again
     p = repo.run(sys.executable, "-m", "newllm.sweep", "--compare-only", "--prefix", "t-", "--out", "cmp/x")

@@ -59,13 +59,17 @@ def read_rows(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} is missing: run the stage that writes it (dvc repro)")
+    return parse_rows(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_rows(text: str, where: str) -> dict[str, torch.Tensor]:
     try:
-        records = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+        records = list(csv.DictReader(io.StringIO(text)))
         if not records:
             raise ValueError("no rows")
         return {k: torch.tensor([float(r[k]) for r in records], dtype=torch.float64) for k in records[0]}
     except (ValueError, TypeError, KeyError) as e:
-        raise DataError(f"{path} is not a table of per-conversation losses ({e}); re-run the stage that "
+        raise DataError(f"{where} is not a table of per-conversation losses ({e}); re-run the stage that "
                         f"writes it") from None
 
 

@@ -33,6 +33,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from newllm.aggregate import aggregate
 from newllm.config import from_dict
 from newllm.errors import ConfigError, NewLLMError
 from newllm.html.common import get
@@ -159,6 +160,33 @@ def read_details(rows: list[dict], files: Iterable[str] = DETAIL_FILES) -> list[
     return rows
 
 
+def read_row_tables(rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """Each finished row's per-conversation test tables (``metrics/rows/<stage>.csv``) read at its
+    revision: ``{name: {stage: table}}`` (a run without them has an empty entry)."""
+    from dvc.api import DVCFileSystem
+
+    from newllm.bootstrap import parse_rows
+    from newllm.compare import SOURCES
+    from newllm.paths import rows_file
+
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("state") != "success" or not row.get("rev"):
+            continue
+        tables = out.setdefault(str(row["name"]), {})
+        try:
+            fs = DVCFileSystem(".", rev=row["rev"])
+        except Exception as e:  # a revision DVC cannot open: the run has no tables
+            log.warning("cannot read the test rows of %s (%s): %s", row["name"], row["rev"], e)
+            continue
+        for stage in dict.fromkeys(SOURCES.values()):
+            try:
+                tables[stage] = parse_rows(fs.read_text(str(rows_file(stage))), f"{row['name']}:{rows_file(stage)}")
+            except Exception:  # a stage that did not run in this experiment
+                continue
+    return out
+
+
 def growth_exponent(tokens: Iterable[float], values: Iterable[float]) -> float | None:
     """Least-squares slope of log(value) against log(tokens); None with < 2 distinct token counts."""
     pts = [(math.log(t), math.log(v)) for t, v in zip(tokens, values)
@@ -211,8 +239,9 @@ def check_results(names: list[str], show: list) -> list[dict]:
 
 def compare(names: list[str] | None = None, out: Path | str = "reports/sweep", all_commits: bool = False,
             prefix: str | None = None, show: list | None = None, details: bool = True,
-            title: str = "new-llm: comparison of experiments") -> tuple[Path, Path, Any]:
-    """Write ``<out>.csv`` and ``<out>.html`` from ``dvc exp show --json`` (``show``: already read).
+            title: str = "new-llm: comparison of experiments") -> tuple[Path, Path, Any, list[dict]]:
+    """Write ``<out>.csv``, ``<out>_by_config.csv`` and ``<out>.html`` from ``dvc exp show --json``
+    (``show``: already read); returns their paths, the runs and the configurations (``aggregate``).
 
     ``names``: only these experiments; ``prefix``: only names starting with it; neither: every
     experiment and every baseline commit that has metrics."""
@@ -224,8 +253,10 @@ def compare(names: list[str] | None = None, out: Path | str = "reports/sweep", a
         rows = [r for r in rows if r["name"] in set(names)]
     if prefix:
         rows = [r for r in rows if str(r["name"]).startswith(prefix)]
+    tables = {}
     if details:
         read_details(rows)
+        tables = read_row_tables(rows)
     df = frame(rows)
     done = set(df["name"]) if "name" in df.columns else set()
     others = [r for r in rows if r["name"] not in done]
@@ -236,15 +267,53 @@ def compare(names: list[str] | None = None, out: Path | str = "reports/sweep", a
     csv_path, html_path = out.with_suffix(".csv"), out.with_suffix(".html")
     cols = [c for c in table_columns(df, varied_params(df)) if c in df.columns]
     atomic_write_text(csv_path, df[cols].to_csv(index=False))
+    configs = aggregate(df, tables) if not df.empty else []
+    atomic_write_text(out.with_name(out.name + "_by_config.csv"), configs_csv(configs))
     atomic_write_text(html_path, build_html(df, others, exps, varied_params(df), title, csv_path.name))
-    return csv_path, html_path, df
+    return csv_path, html_path, df, configs
+
+
+def configs_csv(configs: list[dict]) -> str:
+    """The configurations of ``aggregate`` as CSV: params, runs, then mean/sd/min/max of every
+    figure and each baseline's paired difference with its interval and verdict."""
+    import pandas as pd
+
+    flat = []
+    for c in configs:
+        row = {k: v for k, v in c.items() if not k.startswith("vs.")}
+        for k, v in c.items():
+            if k.startswith("vs."):
+                row.update({f"{k}.{f}": x for f, x in v.items()})
+        flat.append(row)
+    return pd.DataFrame(flat).to_csv(index=False) if flat else ""
+
+
+def configs_summary(configs: list[dict], varied: list[str]) -> str:
+    """The configurations for the terminal: the params that differ, the number of runs, mean
+    (and spread) of the headline figures, and CVFP's verdicts with their intervals."""
+    if not configs:
+        return "(no completed experiments)"
+    lines = []
+    for c in configs:
+        parts = [", ".join(f"{k.removeprefix('params.')}={c.get(k)}" for k in varied
+                           if k not in ("params.seed", "params.data.split_seed")) or "one configuration",
+                 f"{c['runs']} run(s)"]
+        for col, label in (("validate.val.er_pct", "val ER %"), ("comparison.models.cvfp.estimate", "CVFP test loss")):
+            if f"{col}.mean" in c:
+                parts.append(f"{label} {c[f'{col}.mean']:.4g} (sd {c[f'{col}.sd']:.2g})")
+        for base in ("transformer", "mkn_trigram"):
+            v = c.get(f"vs.{base}")
+            if v:
+                parts.append(f"vs {base} {v['estimate']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}] {v['verdict']}")
+        lines.append("; ".join(parts))
+    return "\n".join(lines)
 
 
 def summary(df) -> str:
     """A short text table for the terminal."""
     keep = [("name", "exp"), ("train_tokens", "tokens"), ("validate.train.er_pct", "trainER%"),
             ("validate.val.er_pct", "valER%"), ("validate.final_diff", "final_diff"),
-            ("validate.passed", "passed"), ("phase2.val.ppl", "val_ppl"), ("phase1.time_s", "p1_s"),
+            ("validate.passed", "passed"), ("phase2.test.ppl", "test_ppl"), ("phase1.time_s", "p1_s"),
             ("phase2.time_s", "p2_s")]
     keep = [(c, lbl) for c, lbl in keep if c in df.columns]
     if df.empty or not keep:

@@ -74,8 +74,10 @@ def run(args: argparse.Namespace, sets: list[str], varying: set[str] | None = No
             show = ex.exp_show()
             failed = ex.check_results(names, show)
             prefix = None
-        csv_path, html_path, df = ex.compare(names, args.out, prefix=prefix, show=show, title=title)
+        csv_path, html_path, df, configs = ex.compare(names, args.out, prefix=prefix, show=show, title=title)
         print(ex.summary(df))
+        print("\nby configuration (runs that differ only in seed or data.split_seed):")
+        print(ex.configs_summary(configs, ex.varied_params(df)))
         print(f"comparison: {html_path.resolve()}\n            {csv_path.resolve()}")
         for r in failed:
             print(f"FAILED: experiment {r['name']} ({r['state']}); its output: dvc queue logs {r['name']}",

@@ -18,23 +18,30 @@ FIGURES: list[tuple[str, str]] = [
     ("validate.train.er_pct_untrained", "train ER % untrained"),
     ("validate.val.er_pct", "val ER %"),
     ("validate.val.er_pct_untrained", "val ER % untrained"),
+    ("validate.test.er_pct", "test ER %"),
     ("validate.final_diff", "final_diff"),
     ("validate.passed", "passed"),
     ("validate.collapsed", "collapsed"),
     ("phase1.passes", "P1 passes"),
     ("phase1.param_change", "P1 param change"),
-    ("phase2.val.loss", "val loss"),
-    ("phase2.val.ppl", "val ppl"),
-    ("phase2.val.acc", "val acc"),
+    ("phase2.test.loss", "test loss"),
+    ("phase2.test.ppl", "test ppl"),
+    ("phase2.test.acc", "test acc"),
+    ("phase2.val.loss", "val loss (selection)"),
     ("phase2.best_epoch", "kept epoch"),
-    ("baselines.kn_trigram.ppl", "KN trigram ppl"),
-    ("baselines.kn_bigram.ppl", "KN bigram ppl"),
-    ("baselines.unigram.ppl", "unigram ppl"),
-    ("transformer.val.ppl", "transformer ppl"),
-    ("phase2.baseline.unigram_ppl", "unigram ppl (add-one)"),
+    ("transformer.test.ppl", "transformer test ppl"),
+    ("transformer.val.loss", "transformer val loss (selection)"),
+    ("transformer.best_epoch", "transformer kept epoch"),
+    ("baselines.test.mkn_trigram.ppl", "modified KN trigram test ppl"),
+    ("baselines.test.kn_trigram.ppl", "KN trigram test ppl"),
+    ("baselines.test.kn_bigram.ppl", "KN bigram test ppl"),
+    ("baselines.test.unigram.ppl", "unigram test ppl"),
+    ("comparison.cvfp_vs.transformer.verdict", "CVFP vs transformer"),
+    ("comparison.vs_ngram", "CVFP vs strongest n-gram"),
     ("phase1.time_s", "phase1 s"),
     ("validate.time_s", "validate s"),
     ("phase2.time_s", "phase2 s"),
+    ("transformer.time_s", "transformer s"),
     ("phase1.tokens_per_s", "P1 tok/s"),
     ("phase2.tokens_per_s", "P2 tok/s"),
     ("phase1.peak_rss_mb", "P1 RSS MB"),
@@ -129,18 +136,18 @@ def _phase1_plot(df, axis: Axis) -> str:
 
 def _phase2_plot(df, axis: Axis) -> str:
     fig, (ax_p, ax_a) = figure(1, 2, height=3.8)
-    _series(ax_p, axis.x, _col(df, "phase2.val.ppl"), "CVFP (kept checkpoint)", "#2e8b57")
-    for col, color, style, label in (("baselines.kn_trigram.ppl", "#8e44ad", "^:", "Kneser–Ney trigram"),
-                                     ("baselines.unigram.ppl", "#c0392b", "s--", "unigram"),
-                                     ("transformer.val.ppl", "#d2691e", "D-.", "transformer")):
+    _series(ax_p, axis.x, _col(df, "phase2.test.ppl"), "CVFP (kept checkpoint)", "#2e8b57")
+    for col, color, style, label in (("baselines.test.mkn_trigram.ppl", "#8e44ad", "^:", "modified Kneser–Ney trigram"),
+                                     ("baselines.test.unigram.ppl", "#c0392b", "s--", "unigram"),
+                                     ("transformer.test.ppl", "#d2691e", "D-.", "transformer")):
         _series(ax_p, axis.x, _col(df, col), label, color, style)
-    axis.finish(ax_p, "validation perplexity (lower is better)", "ppl", logy=True)
-    acc = _col(df, "phase2.val.acc")
+    axis.finish(ax_p, "test perplexity (lower is better)", "ppl", logy=True)
+    acc = _col(df, "phase2.test.acc")
     s = acc_scale(*acc)
     _series(ax_a, axis.x, [None if v is None else v * s for v in acc], "CVFP (kept checkpoint)", "#2e8b57")
-    tf = _col(df, "transformer.val.acc")
+    tf = _col(df, "transformer.test.acc")
     _series(ax_a, axis.x, [None if v is None else v * s for v in tf], "transformer", "#d2691e", "D-.")
-    axis.finish(ax_a, "validation top-1 accuracy (higher is better)", "%")
+    axis.finish(ax_a, "test top-1 accuracy (higher is better)", "%")
     return img(fig, "Phase 2 metrics")
 
 
@@ -173,7 +180,7 @@ def _cell(col: str, v: Any, acc_s: float) -> str:
 def build_html(df, others: list[dict], exps: dict, varied: list[str], title: str, csv_name: str) -> str:
     labels = dict(FIGURES)
     cols = table_columns(df, varied)
-    acc_s = acc_scale(*_col(df, "phase2.val.acc"), *_col(df, "transformer.val.acc"))
+    acc_s = acc_scale(*_col(df, "phase2.test.acc"), *_col(df, "transformer.test.acc"))
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{esc(title)}</title>", f"<style>{CSS}\ntable.wide{{font-size:.78em;}}</style></head>"
