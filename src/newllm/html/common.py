@@ -110,6 +110,7 @@ margin-top:1.8em;} h3{font-size:1.05em;margin:1.2em 0 .4em;} h4{font-size:.95em;
 .p2line{padding:8px 16px;border-radius:6px;margin:0 0 14px;font-weight:600;}
 .p2line.ok{background:#e3f6e8;color:#0a5c1f;border:2px solid #3aa35a;}
 .p2line.warn{background:#fff3cd;color:#5c4400;border:2px solid #e0b400;}
+.p2line.even{background:#eef1f5;color:#1b1f24;border:2px solid #9aa5b1;}
 .p2line.na{background:#f1f2f4;color:#4a5059;border:2px solid #c9ced6;font-style:italic;}
 .terms{font-size:.85em;color:#30363d;background:#f6f7f9;border-left:4px solid #c9ced6;padding:6px 12px;
 margin:0 0 12px;} .terms ul{margin:4px 0;padding-left:18px;} .terms li{margin:2px 0;}
@@ -118,7 +119,8 @@ th,td{border:1px solid #d5dae0;padding:4px 8px;text-align:left;vertical-align:to
 th{background:#eef1f5;} table.kvtable td:first-child{font-weight:600;white-space:nowrap;}
 table.kvtable thead{display:none;} table.small{font-size:.8em;}
 td.pass{background:#d7f5dd;color:#0a5c1f;font-weight:600;} td.fail{background:#fbd5d5;color:#8b0000;font-weight:700;}
-td.warnc{background:#fff3cd;color:#5c4400;} td.na,.na{color:#7a7f87;font-style:italic;}
+td.warnc{background:#fff3cd;color:#5c4400;} td.even{background:#eef1f5;color:#1b1f24;}
+td.ref{color:#30363d;} td.na,.na{color:#7a7f87;font-style:italic;}
 .okt{color:#0a5c1f;} .badt{color:#b00020;} p.oneline{font-size:1.0em;}
 .note{color:#4a5059;font-size:.85em;} img.plot{max-width:100%;display:block;margin:6px 0;}
 .cfg{font-size:.82em;margin:3px 0;line-height:1.6;} .cfg .sec{display:inline-block;min-width:70px;font-weight:700;}
