@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from newllm.cvfp.checkpoint import load_phase2
-from newllm.cvfp.checkpoint import load_phase2 as load_for_generation  # noqa: F401  (the report's name)
 from newllm.cvfp.model import CVFPModel
 from newllm.data.tokenizer import END_OF_TEXT, load_tokenizer
 from newllm.errors import DataError, NewLLMError

@@ -1,108 +1,36 @@
-"""Pieces every HTML view shares: escaping, number formats, tables, sections, the stylesheet.
+"""Pieces every HTML view shares: escaping, tables, sections, the stylesheet (and the number
+formats of ``newllm.values``).
 Nothing here refers to a network resource: the views are single self-contained files."""
 from __future__ import annotations
 
-import csv
 import html
 import json
 import logging
-import math
 import re
-from pathlib import Path
 from typing import Any, Callable
 
-log = logging.getLogger(__name__)
+# the value helpers live beside the report's data; the views keep importing them from here
+from newllm.values import (  # noqa: F401
+    NA,
+    acc_scale,
+    fmt,
+    fmt_change,
+    fmt_interval,
+    fmt_params,
+    fmt_pct,
+    fmt_range,
+    fmt_signed,
+    get,
+    num,
+    read_csv_columns,
+)
 
-NA = "not available"
+log = logging.getLogger(__name__)
 
 
 def esc(x: Any) -> str:
     """HTML-escape any value's text (quotes included)."""
     return html.escape("" if x is None else str(x), quote=True)
-
-
-def get(d: Any, dotted: str, default: Any = None) -> Any:
-    """``d["a.b"]`` if that flat key exists, else ``d["a"]["b"]``; ``default`` when absent."""
-    if not isinstance(d, dict):
-        return default
-    if dotted in d:
-        return d[dotted]
-    cur: Any = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
-
-
-def num(v: Any) -> float | None:
-    """A finite float, or None (bools, strings, NaN and inf are not numbers here)."""
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def fmt(v: Any, digits: int = 4) -> str:
-    """Compact, readable number formatting; None -> an em dash."""
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "NaN"
-        if math.isinf(v):
-            return "∞" if v > 0 else "−∞"
-        if v == 0:
-            return "0"
-        if abs(v) >= 1000:
-            return f"{v:,.0f}"
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def fmt_pct(v: Any, digits: int = 2) -> str:
-    f = num(v)
-    return "—" if f is None else f"{f:.{digits}f}%"
-
-
-def fmt_range(lo: float, hi: float, unit: str = "") -> str:
-    return f"{fmt(lo)}–{fmt(hi)}{unit}"
-
-
-def fmt_change(pct: float) -> str:
-    """A relative change in percent with its sign ("−12%", "+8.3%"), so its direction reads at a glance."""
-    mag = abs(pct)
-    digits = f"{mag:.0f}" if mag >= 10 else (f"{mag:.1f}" if mag >= 0.1 else f"{mag:.2g}")
-    return ("−" if pct < 0 else "+") + digits + "%"
-
-
-def fmt_params(n: int) -> str:
-    return f"{n / 1e6:.2f} M" if n >= 100_000 else f"{n:,}"
-
-
-def read_csv_columns(path: Path) -> dict[str, list[float | None]]:
-    """CSV -> {column: values}; empty or non-numeric cells become None."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols: dict[str, list[float | None]] = {name: [] for name in (reader.fieldnames or [])}
-        for row in reader:
-            for name in cols:
-                cell = row.get(name)
-                cols[name].append(num(cell) if cell not in (None, "") else None)
-    return cols
-
-
-def acc_scale(*values: Any) -> float:
-    """100 when accuracies are fractions (all <= 1), 1 when they are already percentages."""
-    nums = [f for f in (num(v) for v in values) if f is not None]
-    return 1.0 if any(f > 1.0 for f in nums) else 100.0
 
 
 def pass_fail(ok: bool | None) -> str:
@@ -182,6 +110,7 @@ margin-top:1.8em;} h3{font-size:1.05em;margin:1.2em 0 .4em;} h4{font-size:.95em;
 .p2line{padding:8px 16px;border-radius:6px;margin:0 0 14px;font-weight:600;}
 .p2line.ok{background:#e3f6e8;color:#0a5c1f;border:2px solid #3aa35a;}
 .p2line.warn{background:#fff3cd;color:#5c4400;border:2px solid #e0b400;}
+.p2line.even{background:#eef1f5;color:#1b1f24;border:2px solid #9aa5b1;}
 .p2line.na{background:#f1f2f4;color:#4a5059;border:2px solid #c9ced6;font-style:italic;}
 .terms{font-size:.85em;color:#30363d;background:#f6f7f9;border-left:4px solid #c9ced6;padding:6px 12px;
 margin:0 0 12px;} .terms ul{margin:4px 0;padding-left:18px;} .terms li{margin:2px 0;}
@@ -190,7 +119,8 @@ th,td{border:1px solid #d5dae0;padding:4px 8px;text-align:left;vertical-align:to
 th{background:#eef1f5;} table.kvtable td:first-child{font-weight:600;white-space:nowrap;}
 table.kvtable thead{display:none;} table.small{font-size:.8em;}
 td.pass{background:#d7f5dd;color:#0a5c1f;font-weight:600;} td.fail{background:#fbd5d5;color:#8b0000;font-weight:700;}
-td.warnc{background:#fff3cd;color:#5c4400;} td.na,.na{color:#7a7f87;font-style:italic;}
+td.warnc{background:#fff3cd;color:#5c4400;} td.even{background:#eef1f5;color:#1b1f24;}
+td.ref{color:#30363d;} td.na,.na{color:#7a7f87;font-style:italic;}
 .okt{color:#0a5c1f;} .badt{color:#b00020;} p.oneline{font-size:1.0em;}
 .note{color:#4a5059;font-size:.85em;} img.plot{max-width:100%;display:block;margin:6px 0;}
 .cfg{font-size:.82em;margin:3px 0;line-height:1.6;} .cfg .sec{display:inline-block;min-width:70px;font-weight:700;}

@@ -1,6 +1,8 @@
 """Stage report: the test comparison of the run's language models (``metrics/comparison.json``,
-``newllm.compare``), the self-contained HTML report (``newllm.html.run_report``) and the headline
-metrics file ``metrics.json``, the figures DVC's own views show."""
+``newllm.compare``), the self-contained HTML report and the headline metrics file ``metrics.json``,
+the figures DVC's own views show. The stage gathers the report's data (the stages' outputs, the
+comparison, text samples of the kept checkpoint: ``newllm.report``); ``newllm.html.run_report``
+only renders it."""
 from __future__ import annotations
 
 import json
@@ -13,6 +15,9 @@ from newllm.compare import compare
 from newllm.config import Config
 from newllm.html.run_report import build_report
 from newllm.io import atomic_write_json, atomic_write_text
+from newllm.report.build import guarded, report_data
+from newllm.report.inputs import Inputs
+from newllm.report.samples import text_samples
 
 log = logging.getLogger(__name__)
 SECTIONS = pipeline.sections("report")
@@ -63,19 +68,25 @@ def headline(root: Path) -> dict:
     return out
 
 
-def run(cfg: Config, root: Path | str = ".") -> Path:
-    """Write ``reports/report.html`` and ``metrics.json`` (atomically) under ``root``; print the
-    report's absolute path."""
-    root = Path(root)
+def gather(cfg: Config, root: Path) -> tuple[dict, dict]:
+    """The test comparison (what metrics/comparison.json holds) and the report's data."""
     comparison = compare(root, cfg.report.bootstrap_resamples, cfg.report.bootstrap_seed)
     ngram = comparison["strongest_ngram"]
     comparison["vs_ngram"] = comparison["cvfp_vs"].get(ngram, {}).get("verdict") if ngram else None
+    samples = guarded("generation", lambda: text_samples(root, cfg.report, cfg.seed))
+    return comparison, report_data(Inputs.load(root), comparison, samples, cfg.seed)
+
+
+def run(cfg: Config, root: Path | str = ".") -> Path:
+    """Write ``metrics/comparison.json``, ``reports/report.html`` and ``metrics.json`` (atomically)
+    under ``root``; print the report's absolute path."""
+    root = Path(root)
+    comparison, data = gather(cfg, root)
     atomic_write_json(root / paths.COMPARISON, comparison)
-    text = build_report(root, cfg.report, cfg.seed)
+    text = build_report(data)
     atomic_write_json(root / paths.HEADLINE, headline(root), sort_keys=False)
     out = root / paths.REPORT
     atomic_write_text(out, text)
     out = out.resolve()
-    log.info("report written: %s (%d bytes)", out, len(text.encode("utf-8")))
     print(out, flush=True)
     return out
