@@ -15,7 +15,7 @@ import torch
 
 from newllm import paths
 from newllm.bootstrap import LEVEL, draws, loss_interval, paired_interval, read_rows, verdict
-from newllm.errors import DataError
+from newllm.errors import DataError, NewLLMError
 from newllm.io import read_json
 
 NGRAMS = ("unigram", "kn_bigram", "kn_trigram", "mkn_trigram")
@@ -49,7 +49,7 @@ def strongest_ngram(root: Path) -> str | None:
     try:
         base = read_json(root / paths.BASELINES_METRICS, "baselines")
         return min(NGRAMS, key=lambda m: float(base[m]["loss"]))
-    except (KeyError, TypeError, ValueError, DataError, OSError):
+    except (KeyError, TypeError, ValueError, NewLLMError, OSError):
         return None
 
 

@@ -110,17 +110,19 @@ class CVFPModel(nn.Module):
         return {k: v.detach().to("cpu", copy=True) for k, v in self.layers.state_dict().items()}
 
 
-def parameter_counts(model_cfg: dict, head_from: str = "token") -> dict:
-    """Parameter counts of the CVFP model of ``model_cfg`` (formula in docs/model.md)."""
-    v = int(model_cfg.get("vocab_size", 50257))
-    de = int(model_cfg.get("embed_dim", 768))
-    dc = int(model_cfg.get("context_dim", 768))
-    n_layers = int(model_cfg.get("num_layers", 6))
+def parameter_counts(model_cfg: dict, head_from: str = "token", tied: bool = False) -> dict:
+    """Parameter counts of the CVFP model of ``model_cfg`` (formula in docs/model.md); with
+    ``tied`` the head's weight is the embedding matrix, counted once (the head keeps its bias)."""
+    defaults = ModelConfig()
+    v = int(model_cfg.get("vocab_size", defaults.vocab_size))
+    de = int(model_cfg.get("embed_dim", defaults.embed_dim))
+    dc = int(model_cfg.get("context_dim", defaults.context_dim))
+    n_layers = int(model_cfg.get("num_layers", defaults.num_layers))
     h = dc + de
     layers = n_layers * (h * h + h + 2 * dc + 2 * de)
     embedding = v * de
     ln_e = 2 * de
-    head = v * (de if head_from == "token" else dc) + v
+    head = v if tied else v * (de if head_from == "token" else dc) + v
     return {"total": embedding + ln_e + layers + head, "layers": layers, "embedding": embedding,
             "head": head, "ln_e": ln_e}
 

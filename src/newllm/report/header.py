@@ -7,6 +7,7 @@ from newllm.report.guide import GUIDE_PHASE1, GUIDE_PHASE2, thresholds
 from newllm.report.inputs import Inputs
 from newllm.report.phase2 import transformer_shape
 from newllm.values import NA, fmt, fmt_params, fmt_range, get, num
+from newllm.pipeline import STAGES
 
 
 def terms(inp: Inputs, seed: int) -> list[dict]:
@@ -158,9 +159,7 @@ def run(inp: Inputs) -> dict:
             "recorded": _recorded(inp)}
 
 
-TIMED_STAGES = [("fetch_ultrachat", "fetch"), ("tokenize_cache", "data"), ("baselines", "baselines"),
-                ("phase1_fixed_point", "phase1"), ("validate_rank", "validate"), ("phase2_lm", "phase2"),
-                ("transformer_lm", "transformer")]
+TIMED_STAGES = [(s.name, s.label) for s in STAGES if s.timed]  # (stage, its Inputs attribute)
 TIMING_KEYS = ("time_s", "tokens_per_s", "peak_rss_mb", "peak_cuda_mb")
 
 

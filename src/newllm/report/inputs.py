@@ -11,6 +11,7 @@ from typing import Any
 from newllm import paths
 from newllm.cvfp.diversity import DIVERSITY
 from newllm.cvfp.model import parameter_counts
+from newllm.pipeline import STAGES
 from newllm.values import get, num, read_csv_columns
 
 
@@ -32,20 +33,15 @@ class Inputs:
     transformer: dict | None = None
     problems: dict = field(default_factory=dict)
 
+    # every stage's metrics file (attribute: its stem), then the other files the report reads
     FILES = {
-        "fetch": (paths.FETCH_METRICS, "fetch_ultrachat", "json"),
-        "data": (paths.DATA_METRICS, "tokenize_cache", "json"),
-        "phase1": (paths.PHASE1_METRICS, "phase1_fixed_point", "json"),
+        **{s.label: (s.metrics, s.name, "json") for s in STAGES if s.timed},
         "phase1_side": (paths.PHASE1_SIDECAR, "phase1_fixed_point", "json"),
-        "validate": (paths.VALIDATE_METRICS, "validate_rank", "json"),
-        "phase2": (paths.PHASE2_METRICS, "phase2_lm", "json"),
         "phase2_side": (paths.sidecar(paths.PHASE2_BEST), "phase2_lm", "json"),
         "passes": (paths.PHASE1_HISTORY, "phase1_fixed_point", "csv"),
         "spectrum": (paths.SPECTRUM, "validate_rank", "csv"),
         "convergence": (paths.CONVERGENCE, "validate_rank", "csv"),
         "epochs": (paths.PHASE2_HISTORY, "phase2_lm", "csv"),
-        "baselines": (paths.BASELINES_METRICS, "baselines", "json"),
-        "transformer": (paths.TRANSFORMER_METRICS, "transformer_lm", "json"),
     }
 
     @classmethod
@@ -111,11 +107,8 @@ class Inputs:
         mc = self.model_cfg()
         if not mc:
             return None
-        sz, v = dict(parameter_counts(mc, self.head_from())), int(mc.get("vocab_size", 50257))
         tied = self.tied()
-        if tied:
-            sz["total"] -= sz["head"] - v
-            sz["head"] = v  # its bias alone
+        sz = parameter_counts(mc, self.head_from(), tied)
         recorded = num(get(self.phase2, "parameters"))
         return {"total": int(recorded) if recorded is not None else sz["total"], "from_config": sz["total"],
                 "layers": sz["layers"], "embedding": sz["embedding"], "head": sz["head"], "tied": tied}

@@ -36,8 +36,7 @@ HEADLINE = [
     ("vs_ngram", paths.COMPARISON, "vs_ngram", None),
     ("vs_tf", paths.COMPARISON, "cvfp_vs.transformer.verdict", None),
 ]
-TIMED = (paths.FETCH_METRICS, paths.DATA_METRICS, paths.BASELINES_METRICS, paths.PHASE1_METRICS,
-         paths.VALIDATE_METRICS, paths.PHASE2_METRICS, paths.TRANSFORMER_METRICS)
+TIMED = tuple(s.metrics for s in pipeline.STAGES if s.timed)
 
 
 def _get(obj: dict, dotted: str):
