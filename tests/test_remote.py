@@ -14,7 +14,6 @@ CACHED = ["data/raw/train.jsonl", "data/raw/val.jsonl", "data/raw/test.jsonl", "
           "data/tokens/val.pt", "data/tokens/test.pt", "data/tokenizer/tokenizer.json", "data/contexts/train.pt",
           "data/contexts/val.pt", "data/contexts/test.pt", "data/gate.json", "models/phase1.pt", "models/phase1.json",
           "models/phase2_best.pt", "models/phase2_best.json", "metrics/rows/phase2.csv", "metrics/comparison.json"]
-UP_TO_DATE = "Data and pipelines are up to date."
 
 
 def files(d) -> dict:
@@ -46,7 +45,7 @@ def test_push_wipe_pull_restores_everything(dvc_repo, tmp_path):
     again = state_dict_digest(torch.load(repo.path / "models/phase2_best.pt", weights_only=True)["model_state_dict"])
     assert again == weights
     assert any((repo.path / ".dvc" / "cache" / "files" / "md5").rglob("*"))  # the cache is filled again
-    assert UP_TO_DATE in repo.dvc("status").stdout
+    assert repo.up_to_date()
     assert repo.ran_stages(repo.repro().stdout) == []  # nothing to recompute
 
     # another machine: a clone of the commit (dvc.lock and metrics in git), the same remote
@@ -55,4 +54,4 @@ def test_push_wipe_pull_restores_everything(dvc_repo, tmp_path):
     clone.dvc("remote", "add", "-d", "--local", "drive", str(remote))
     clone.dvc("pull")
     assert files(clone.path) == before
-    assert UP_TO_DATE in clone.dvc("status").stdout
+    assert clone.up_to_date()

@@ -23,14 +23,15 @@ def _run_stage(name: str, params: str) -> None:
     stage = BY_NAME[name]
     sections = list(stage.sections)
     cfg = load(params, sections=sections)  # every key checked before torch is imported
-    if "runtime" in sections:
-        from newllm.runtime import check_device, oom_advice
+    if stage.device:
+        from newllm.runtime import check_device
         check_device(cfg.runtime)  # before torchrun starts dist.nproc processes that would all fail
-    if "dist" in sections:
+    if stage.distributed:
         from newllm.dist import relaunch_under_torchrun
         relaunch_under_torchrun(cfg.dist.nproc)
     module = importlib.import_module(f"newllm.stages.{name}")
     if stage.oom_key:
+        from newllm.runtime import oom_advice
         with oom_advice(name, stage.oom_key):
             module.run(cfg)
     else:
@@ -48,15 +49,27 @@ def stage_main(name: str) -> None:
     try:
         _run_stage(name, args.params)
     except NewLLMError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{after_dvc(name)}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # disk full, permission denied, ...: the file and the reason, not a traceback
         logging.getLogger(__name__).debug("traceback", exc_info=True)  # NEWLLM_LOG=DEBUG shows it
         print(f"error: {e}. Outputs written before this point are complete files (writes are atomic); "
-              f"fix the cause and re-run `dvc repro` (training resumes from its rolling checkpoint)",
+              f"fix the cause and re-run `dvc repro` (training resumes from its rolling checkpoint){after_dvc(name)}",
               file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: the last rolling checkpoint is kept; re-run `dvc repro` to resume",
+        print(f"interrupted: the last rolling checkpoint is kept; re-run `dvc repro` to resume{after_dvc(name)}",
               file=sys.stderr)
         sys.exit(130)
+
+
+def after_dvc(name: str) -> str:
+    """What a failed stage leaves when DVC ran it (DVC sets DVC_STAGE): DVC deletes a stage's
+    outputs before it runs the command, so say how to get them back."""
+    if not os.environ.get("DVC_STAGE"):
+        return ""
+    if name == "check_inputs":
+        return (" (params.yaml and the data source are checked before any other stage runs: no other "
+                "stage ran and no output was removed)")
+    return (f". DVC removed this stage's previous outputs before running it: `dvc checkout {name}` brings "
+            f"back the ones dvc.lock records (the last successful run's)")

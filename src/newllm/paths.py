@@ -1,6 +1,7 @@
 """Every file a stage reads or writes, relative to the repo root (mirrors dvc.yaml)."""
 from pathlib import Path
 
+INPUTS = Path("data/inputs.json")  # check_inputs: params checked, the data source's fingerprint
 SPLITS = ("train", "val", "test")  # data/raw/<split>.jsonl, data/tokens/<split>.pt
 RAW_TRAIN = Path("data/raw/train.jsonl")
 FETCH_METRICS = Path("metrics/fetch.json")

@@ -2,8 +2,9 @@
 
 For each stage: its name (``stages/<name>.py`` runs ``newllm.stages.<name>.run``), the params
 sections it validates before any work, its detailed metrics file, the batch-size param its
-out-of-memory advice names first (stages that train), and whether its metrics record a wall
-time (``time_s``: the headline's ``minutes`` and the report's timings). The params check, the
+out-of-memory advice names first (stages that train), whether its metrics record a wall time
+(``time_s``: the headline's ``minutes`` and the report's timings), whether it runs on
+``runtime.device`` (checked before any work) and whether it runs under ``dist.nproc`` processes. The params check, the
 stage entry point, the report and the sweep comparison read their stage lists from here.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newllm import paths
+from newllm.config import SECTIONS
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,8 @@ class Stage:
     metrics: Path | None = None
     oom_key: str | None = None
     timed: bool = True
+    device: bool = False
+    distributed: bool = False
 
     @property
     def label(self) -> str:
@@ -29,15 +33,17 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
+    Stage("check_inputs", tuple(SECTIONS), timed=False),  # every section: checked before any stage runs
     Stage("fetch_ultrachat", ("data",), paths.FETCH_METRICS),
     Stage("tokenize_cache", ("data",), paths.DATA_METRICS),
     Stage("baselines", ("phase1",), paths.BASELINES_METRICS),
     Stage("phase1_fixed_point", ("model", "phase1", "runtime", "resume", "dist"), paths.PHASE1_METRICS,
-          "phase1.batch_tokens"),
-    Stage("validate_rank", ("validate", "runtime"), paths.VALIDATE_METRICS),
-    Stage("phase2_lm", ("model", "phase2", "runtime", "resume", "dist"), paths.PHASE2_METRICS, "phase2.batch_tokens"),
+          "phase1.batch_tokens", device=True, distributed=True),
+    Stage("validate_rank", ("validate", "runtime"), paths.VALIDATE_METRICS, device=True),
+    Stage("phase2_lm", ("model", "phase2", "runtime", "resume", "dist"), paths.PHASE2_METRICS, "phase2.batch_tokens",
+          device=True, distributed=True),
     Stage("transformer_lm", ("model", "phase1", "transformer", "runtime", "resume"), paths.TRANSFORMER_METRICS,
-          "transformer.batch_tokens"),
+          "transformer.batch_tokens", device=True),
     Stage("report", ("report",), paths.COMPARISON, timed=False),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

@@ -47,6 +47,7 @@ import yaml
 
 from newllm.config import DataConfig
 from newllm.paths import SPLITS
+from newllm.data.source import chatterbot_dir
 from newllm.data.tokenizer import build_tokenizer
 from newllm.errors import DataError
 from newllm.io import atomic_write_json, atomic_write_text
@@ -313,12 +314,6 @@ def fetch_hub(cfg: DataConfig) -> RawData:
 
 # ---------------------------------------------------------------------------
 # chatterbot-corpus
-
-
-def chatterbot_dir() -> Path:
-    import chatterbot_corpus
-
-    return Path(chatterbot_corpus.__file__).parent / "data" / "english"
 
 
 def chatterbot_dialogs(corpus_dir: Path, skipped: Counter[str]) -> list[list[str]]:

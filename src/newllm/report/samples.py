@@ -3,6 +3,7 @@ checkpoint (``newllm.generate``). A prompt that fails becomes an error string fo
 a missing or unreadable checkpoint or tokenizer makes the whole section "not available"."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from newllm import paths
@@ -11,6 +12,8 @@ from newllm.cvfp.checkpoint import load_phase2
 from newllm.data.tokenizer import load_tokenizer
 from newllm.errors import NewLLMError
 from newllm.generate import generate
+
+log = logging.getLogger(__name__)
 
 
 def settings(cfg: ReportConfig, seed: int) -> dict:
@@ -32,6 +35,7 @@ def text_samples(root: Path | str, cfg: ReportConfig, seed: int) -> dict:
         tokenizer = load_tokenizer(tok_dir)
         model = load_phase2(ckpt, device="cpu")
     except NewLLMError as e:
+        log.warning("report: no generated continuations: %s", e)
         return {"missing": str(e)}
     items = []
     for prompt in cfg.prompts:
