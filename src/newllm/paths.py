@@ -25,7 +25,6 @@ CONVERGENCE = Path("metrics/convergence.csv")
 GATE = Path("data/gate.json")
 
 BASELINES_METRICS = Path("metrics/baselines.json")
-TRANSFORMER_CKPT = Path("models/transformer.pt")
 TRANSFORMER_METRICS = Path("metrics/transformer.json")
 TRANSFORMER_HISTORY = Path("metrics/transformer_epochs.csv")
 

@@ -1,12 +1,13 @@
 """Saving and loading the trained models: every stage and script reads and writes them here.
 
-- Phase 1 (``models/phase1.pt`` and its JSON sidecar ``models/phase1.json``): the CVFP model
-  after Phase 1 and its context EMA ``mu``; the sidecar holds the config that rebuilds it.
+- Phase 1 (``models/phase1.pt`` and its JSON sidecar ``models/phase1.json``): what Phase 1
+  trained (the layers; the embedding too when it is pretrained) and the context EMA ``mu``.
+  The rest of the model (a random embedding, its LayerNorm, the head) is the initialisation
+  drawn from the seed, so it is rebuilt from the sidecar's config instead of stored (a few MB
+  instead of two vocabulary-sized matrices); the sidecar's digest of the whole model checks
+  that the rebuilt model is the one Phase 1 trained.
 - Phase 2 (``models/phase2_best.pt``, the kept epoch, with a sidecar): the CVFP language
   model, with the config that rebuilds it.
-
-(The transformer baseline's kept epoch, ``models/transformer.pt``, is written by its stage with
-``newllm.io``: nothing here is CVFP-free, and that stage must not depend on CVFP code.)
 
 Files are written atomically and read with ``weights_only=True``; whatever is wrong with one
 (missing, truncated, another model's shapes, NaN weights, an edited config) is a
@@ -20,7 +21,7 @@ from newllm import paths
 from newllm.config import ModelConfig, from_dict
 from newllm.cvfp.model import CVFPModel, build_model, load_model_state
 from newllm.errors import CheckpointError, ConfigError
-from newllm.io import atomic_torch_save, atomic_write_json, read_json, torch_load
+from newllm.io import atomic_torch_save, atomic_write_json, read_json, state_dict_digest, torch_load
 from newllm.runtime import Runtime
 
 
@@ -58,9 +59,20 @@ def load_phase1(rt: Runtime) -> tuple[CVFPModel, dict]:
                               f"or was edited: {rerun}") from None
     ckpt = _model_file(paths.PHASE1_CKPT, "phase1 checkpoint", rerun)
     model = build_model(ModelConfig(**{**mcfg.__dict__, "pretrained_embeddings": False}), seed)
-    load_model_state(model, ckpt["model_state_dict"], f"phase1 checkpoint {paths.PHASE1_CKPT}")
+    load_model_state(model, {**model.state_dict(), **ckpt["model_state_dict"]}, f"phase1 checkpoint {paths.PHASE1_CKPT}")
+    if "model_digest" in side and state_dict_digest(state_on_cpu(model)) != side["model_digest"]:
+        raise CheckpointError(f"the model rebuilt from {paths.PHASE1_CKPT} and the seed is not the one Phase 1 "
+                              f"trained (its digest differs from {paths.PHASE1_SIDECAR}'s: another torch draws other "
+                              f"random numbers, or a file was replaced); {rerun}")
     model.embeddings_source = side.get("embeddings", "random")
     return model.to(rt.device), side
+
+
+def phase1_state(model: CVFPModel) -> dict:
+    """What models/phase1.pt keeps: the trained layers, and the embedding when it is pretrained
+    (the seed cannot redraw it)."""
+    keep = ("layers.", "embed.") if model.embeddings_source != "random" else ("layers.",)
+    return {k: v for k, v in state_on_cpu(model).items() if k.startswith(keep)}
 
 
 # ---------------------------------------------------------------------------

@@ -106,8 +106,8 @@ def _write_outputs(cfg: Config, trainer: Phase1Trainer, train: TokenSet, held: d
         "train_tokens": train.num_tokens, "val_tokens": held["val"].num_tokens,
         "test_tokens": held["test"].num_tokens,
     }
-    checkpoint.save(paths.PHASE1_CKPT, {"model_state_dict": model_state, "mu": ctx.mu.cpu(), "passes": passes,
-                                        "format": 2}, sidecar)
+    checkpoint.save(paths.PHASE1_CKPT, {"model_state_dict": checkpoint.phase1_state(model), "mu": ctx.mu.cpu(),
+                                        "passes": passes, "format": 3}, sidecar)
     atomic_torch_save({"contexts": ctx.prev_ctx.cpu(), "untrained": ctx.untrained_ctx.cpu()},
                       paths.CONTEXTS_TRAIN)
     for path, h in ((paths.CONTEXTS_VAL, held["val"]), (paths.CONTEXTS_TEST, held["test"])):

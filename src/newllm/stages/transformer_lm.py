@@ -1,7 +1,9 @@
 """Stage transformer_lm: the same-size causal transformer baseline (``newllm.baselines.transformer``)
-trained on the token caches and scored on Phase 2's validation pairs. Writes the kept
-checkpoint (lowest validation loss) to models/transformer.pt, metrics/transformer.json and
-metrics/transformer_epochs.csv; resumes from a rolling checkpoint like the CVFP phases."""
+trained on the training split, its epoch kept on validation, scored on the test pairs Phase 2
+scores. Writes metrics/transformer.json, metrics/transformer_epochs.csv and the per-conversation
+test sums metrics/rows/transformer.csv; resumes from a rolling checkpoint like the CVFP phases.
+Its weights are not kept as an output: nothing reads them, and they would double the DVC cache
+of every configuration (its figures are what the comparison needs)."""
 from __future__ import annotations
 
 import logging
@@ -23,7 +25,7 @@ from newllm.config import Config
 from newllm.bootstrap import row_sums, rows_csv
 from newllm.data.tokens import TokenSet, load_token_set, pair_rows
 from newllm.errors import ConfigError, DataError, NumericalError
-from newllm.io import atomic_torch_save, atomic_write_json, atomic_write_text, csv_text, state_dict_digest
+from newllm.io import atomic_write_json, atomic_write_text, csv_text, state_dict_digest
 from newllm.lm_loss import Scores, limit_heap_retention
 from newllm.resume import fingerprint
 from newllm.runtime import Runtime, peak_memory
@@ -83,8 +85,6 @@ def _write_outputs(cfg: Config, trainer: TransformerTrainer, shape: dict, train:
                    seconds: float, memory: dict) -> dict:
     st = trainer.state
     kept, last = st.history[st.best - 1], st.history[-1]
-    atomic_torch_save({"model_state_dict": st.kept, "epoch": st.best, "config": {
-        "seed": cfg.seed, **shape, "transformer": cfg.section_dict("transformer")}}, paths.TRANSFORMER_CKPT)
     atomic_write_text(paths.TRANSFORMER_HISTORY, csv_text(st.history))
     epoch_s = sum(r["time_s"] for r in st.history)
     params = {id(p): p for p in trainer.model.parameters()}.values()
