@@ -78,12 +78,31 @@ def test_the_readme_sequence_on_a_fresh_repository(tmp_path):
     assert after == head_first  # the restored outputs are the first run's
     outputs = dict(outputs)
     diff = outputs["dvc metrics diff"]
-    assert "train_er" in diff and "test_ppl" in diff
+    assert "val_er" in diff and "test_ppl" in diff and "final_diff_e6" in diff
     show_cmd = next(c for c in outputs if c.startswith("dvc exp show"))
     show = outputs[show_cmd]
-    assert "scale-78" in show and all(k in show for k in ("train_er", "val_er", "final_diff", "test_ppl", "data.num_samples")), show
+    assert "scale-78" in show and all(k in show for k in ("val_er", "final_diff_e6", "test_ppl", "data.num_samples")), show
     for cmd in ("dvc metrics diff", show_cmd):
         assert max(map(len, outputs[cmd].splitlines())) <= 120, (cmd, outputs[cmd])
     shown = repo.run("dvc", "metrics", "show", env=env).stdout  # piped, as scripts/run.sh prints it
     assert max(map(len, shown.splitlines())) <= 120, shown
     assert re.search(r"metrics\.json\s+\d", shown.splitlines()[1]), shown
+
+
+def test_the_widest_headline_fits_120_columns(tmp_path):
+    """`dvc metrics show` of a headline whose verdicts are both at their widest."""
+    import json
+    import subprocess
+
+    from newllm.stages.report import HEADLINE
+
+    widest = {"passed": True, "val_er": 92.0311, "final_diff_e6": 3.6212, "test_ppl": 12345.67,
+              "vs_ngram": "not distinguishable", "vs_tf": "not distinguishable", "minutes": 123.4}
+    assert set(widest) == {k for k, *_ in HEADLINE} | {"minutes"}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "metrics.json").write_text(json.dumps(widest))
+    (tmp_path / "dvc.yaml").write_text("metrics:\n  - metrics.json\n")
+    out = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "COLUMNS": "200"}, check=True).stdout
+    assert "not distinguishable" in out and max(map(len, out.splitlines())) <= 120, out

@@ -38,6 +38,7 @@ from newllm.config import from_dict
 from newllm.errors import ConfigError, NewLLMError
 from newllm.html.common import get
 from newllm.pipeline import STAGES
+from newllm.values import flatten
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +79,6 @@ def exp_show(all_commits: bool = False) -> list:
 #       {"name", "executor": {"state": "success" | "failed" | "queued" | "running", ...} | None,
 #        "revs": [{"rev", "name", "data": {"params": {file: {"data": {...}}},
 #                                          "metrics": {file: {"data": {...}} | {"error": ...}}}, "error"}]}]}
-
-
-def flatten(d: Any, prefix: str) -> dict:
-    """Nested dict -> {prefix.a.b: scalar}; lists and dicts inside are dropped."""
-    out: dict = {}
-    if not isinstance(d, dict):
-        return out
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(flatten(v, key))
-        elif not isinstance(v, (list, tuple)):
-            out[key] = v
-    return out
 
 
 def _entry_row(entry: dict) -> dict:

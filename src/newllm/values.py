@@ -110,3 +110,17 @@ def acc_scale(*values: Any) -> float:
     """100 when accuracies are fractions (all <= 1), 1 when they are already percentages."""
     nums = [f for f in (num(v) for v in values) if f is not None]
     return 1.0 if any(f > 1.0 for f in nums) else 100.0
+
+
+def flatten(d: Any, prefix: str) -> dict:
+    """Nested dict -> {prefix.a.b: scalar}; lists and dicts inside are dropped."""
+    out: dict = {}
+    if not isinstance(d, dict):
+        return out
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        elif not isinstance(v, (list, tuple)):
+            out[key] = v
+    return out

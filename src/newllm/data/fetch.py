@@ -333,7 +333,7 @@ def chatterbot_dialogs(corpus_dir: Path, skipped: Counter[str]) -> list[list[str
         for dialog in (doc or {}).get("conversations") or []:
             if not (isinstance(dialog, list) and dialog and all(_is_text(u) for u in dialog)):
                 skipped["malformed_dialog"] += 1
-                log.warning("skipping a dialog of %s: not a list of strings: %.60r", f.name, dialog)
+                log.debug("skipping a dialog of %s: not a list of strings: %.60r", f.name, dialog)
             elif tuple(dialog) in dialogs:
                 skipped["duplicate_dialog"] += 1
             else:
