@@ -50,7 +50,7 @@ from common import CHAT_SAMPLE, chat_tokens, matmul_gflops, sync  # noqa: E402
 from newllm.config import ModelConfig, Phase2Config  # noqa: E402
 from newllm.cvfp.model import build_model, count_parameters  # noqa: E402
 from newllm.cvfp.phase2 import Phase2Trainer  # noqa: E402
-from newllm.lm_loss import limit_heap_retention  # noqa: E402
+from newllm.memory import limit_heap_retention  # noqa: E402
 from newllm.runtime import Runtime  # noqa: E402
 
 

@@ -28,7 +28,7 @@ from common import chat_tokens, matmul_gflops, median, sync  # noqa: E402
 
 from newllm.baselines.transformer import TransformerLM, TransformerTrainer, resolve_shape, sequences  # noqa: E402
 from newllm.config import ModelConfig, RuntimeConfig, TransformerConfig  # noqa: E402
-from newllm.lm_loss import limit_heap_retention  # noqa: E402
+from newllm.memory import limit_heap_retention  # noqa: E402
 from newllm.runtime import Runtime  # noqa: E402
 from newllm.stages.transformer_lm import context_length  # noqa: E402
 

@@ -103,3 +103,9 @@ def section_of(html: str, anchor: str) -> str:
 def text_of(html: str) -> str:
     """Visible text (tags and inline images removed, entities kept)."""
     return re.sub(r"<[^>]+>", " ", re.sub(r'src="data:[^"]+"', "", html))
+
+
+def has_remote_refs(html_text: str) -> bool:
+    """True when the HTML references a network resource (src/href/url() with a scheme or //)."""
+    return bool(re.search(r"""(?:src|href|action|poster|data)\s*=\s*["']?\s*(?:https?:)?//"""
+                          r"""|url\(\s*["']?\s*(?:https?:)?//|@import""", html_text, re.I))

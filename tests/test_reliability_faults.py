@@ -1,4 +1,4 @@
-"""Numerical faults, interrupted writers and determinism (issue 6, parts 3, 4 and 5).
+"""Numerical faults, interrupted writers and determinism.
 
 NaN/Inf are injected through real inputs only: params that overflow (no LayerNorm, a
 huge learning rate), a parameter set to NaN in a trainer run in-process, a poisoned

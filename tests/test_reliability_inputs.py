@@ -1,7 +1,6 @@
-"""Corrupt, mismatched or hostile inputs, end to end through the stage scripts (issue 6,
-parts 2 and 6): each ends in a clear `error: ...` (exit 2) naming the file and what to
-do, or in a documented skip counted in the metrics; never a traceback, never a changed
-output.
+"""Corrupt, mismatched or hostile inputs, end to end through the stage scripts: each ends in a
+clear `error: ...` (exit 2) naming the file and what to do, or in a documented skip counted in
+the metrics; never a traceback, never a changed output.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Bad params stop the stage at once: exit 2, `error: ...` naming the key and what is
-allowed, no traceback, no file written or changed (issue 6, part 1).
+allowed, no traceback, no file written or changed.
 
 Every case runs the real stage script in a copy of a complete tiny run, so a stage that
 did not check its params first would find valid inputs and start computing.

@@ -12,6 +12,7 @@ from report_helpers import (
     copy_prepared,
     edit_json,
     gather,
+    has_remote_refs,
     render,
     section_of,
     text_of,
@@ -22,7 +23,6 @@ from report_helpers import (
 from newllm import paths
 from newllm.config import ReportConfig
 from newllm.cvfp.model import parameter_counts
-from newllm.html.common import has_remote_refs
 from newllm.report.build import report_data
 from newllm.report.guide import against_claim
 from newllm.report.inputs import Inputs

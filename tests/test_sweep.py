@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from report_helpers import has_remote_refs
 
 from newllm import experiments as ex
 from newllm import ladder, sweep
 from newllm.errors import ConfigError
-from newllm.html.common import has_remote_refs
 
 
 def _entry(rev: str, name: str | None, n: int, tokens: int | None, p1_time: float = 1.0,

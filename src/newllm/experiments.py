@@ -36,7 +36,7 @@ import yaml
 from newllm.aggregate import aggregate
 from newllm.config import from_dict
 from newllm.errors import ConfigError, NewLLMError
-from newllm.html.common import get
+from newllm.values import get
 from newllm.pipeline import STAGES
 from newllm.values import flatten
 

@@ -79,9 +79,8 @@ def atomic_write_json(path: str | Path, obj: Any, sort_keys: bool = True) -> Non
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` streamed into the temp file: no in-memory copy of the serialized bytes
-    (an in-memory buffer plus its ``getvalue()`` cost twice the file's size in RAM: 1.2 GB for
-    the Phase 1 contexts at 100k tokens)."""
+    """``torch.save`` streamed into the temp file: no in-memory copy of the serialized bytes (an
+    in-memory buffer plus its ``getvalue()`` would cost twice the file's size in RAM)."""
     import torch  # here, not at the top: the fetch stage uses this module without torch
 
     _atomic_write(path, lambda f: torch.save(obj, f))
@@ -135,14 +134,6 @@ def csv_text(rows: list[dict]) -> str:
     for r in rows:
         w.writerow({k: ("" if isinstance(v, float) and v != v else v) for k, v in r.items()})
     return buf.getvalue()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def state_dict_digest(state: dict) -> str:

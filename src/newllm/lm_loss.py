@@ -1,13 +1,11 @@
 """The next-token loss of every language model here (CVFP's Phase 2 and the transformer
 baseline): a head ``h W^T + b`` fused with the cross-entropy so that the chunk x vocabulary
 logits exist once (``LinearCrossEntropy``), the same blocks for evaluation (``ce_rows``), the
-embedding lookup whose gradient reuses a buffer (``GatherRows``), and the allocator setting both
-trainers share."""
+embedding lookup whose gradient reuses a buffer (``GatherRows``), and the figures of a split
+(``Scores``)."""
 from __future__ import annotations
 
-import ctypes
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +73,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                     gw_c = torch.mm(g.t(), hc, out=ws.get("grad_weight", shape, g.dtype, g.device))
                     gw = ws.held("grad_weight_out", shape, w_dt, g.device)
                     gw.copy_(gw_c).mul_(grad_loss.to(w_dt))
-            if ctx.needs_input_grad[2]:  # column sum as a matmul: 12x faster than a dim-0 sum
+            if ctx.needs_input_grad[2]:  # the column sum as a matmul: much faster than a dim-0 sum
                 ones = torch.ones(1, g.shape[0], dtype=g.dtype, device=g.device)
                 gb = (ones @ g).squeeze(0).to(b_dt).mul_(grad_loss.to(b_dt))
         if ws is not None:
@@ -85,8 +83,8 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 class HeadWorkspace:
     """Buffers the head reuses from chunk to chunk (logits, the weight-gradient product, the
-    weight cast). A fresh 200 MB buffer per chunk costs its page faults every time (glibc
-    serves it by mmap)."""
+    weight cast). A fresh chunk x vocabulary buffer per chunk would cost its page faults every
+    time (glibc serves it by mmap)."""
 
     def __init__(self):
         self._bufs: dict[str, torch.Tensor] = {}
@@ -198,24 +196,3 @@ class Scores:
 def ppl(loss: float) -> float:
     """Perplexity, capped so a diverged loss stays a finite JSON number."""
     return math.exp(min(loss, 700.0))
-
-
-def limit_heap_retention(threshold: int = 1 << 20) -> bool:
-    """glibc only: serve every allocation of ``threshold`` bytes or more by mmap, so it goes back
-    to the OS when freed. By default glibc raises that threshold (up to 32 MB) as big blocks are
-    freed; Phase 2's chunk activations, whose sizes vary from batch to batch, then fragment the
-    heap; a fixed threshold keeps the peak flat for a few percent more time (page faults).
-    Returns whether it was applied."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold)))  # -3 = M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
-        return False
-
-
-def seed_dropout(seed: int, epoch: int, p: float) -> None:
-    """Seed the dropout masks of an epoch from (seed, epoch) alone, so that a run resumed at that
-    epoch draws the same masks as one that never stopped (no-op without dropout)."""
-    if p > 0:
-        torch.manual_seed(seed * 1_000_003 + epoch)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -101,17 +102,16 @@ class ResumeStore:
 UNREADABLE_STATE = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
 
 
-def resume_or_fresh(store: ResumeStore, trainer, restore, rebuild, what: str):
+def resume_or_fresh(store: ResumeStore, trainer, rebuild: Callable[[], Any], what: Callable[[Any], str]):
     """Load ``store``'s rolling checkpoint into ``trainer`` (``trainer.load_state_dict`` of its
-    ``"trainer"`` entry, then ``restore(state)`` for the rest). A checkpoint with the right
-    fingerprint but a layout this code cannot read (another version) is ignored with a
-    warning, and ``rebuild()`` gives a fresh trainer. Returns ``(trainer, state or None)``."""
+    ``"trainer"`` entry). A checkpoint with the right fingerprint but a layout this code cannot
+    read (another version) is ignored with a warning, and ``rebuild()`` gives a fresh trainer;
+    ``what(trainer)`` describes the resumed state for the log. Returns ``(trainer, state or None)``."""
     state = store.load()
     if state is None:
         return trainer, None
     try:
         trainer.load_state_dict(state["trainer"])
-        restore(state)
     except UNREADABLE_STATE as e:
         log.warning("ignoring resume checkpoint %s: unreadable state (%s: %s); starting from scratch",
                     store.paths[0], type(e).__name__, str(e).splitlines()[0] if str(e) else "")

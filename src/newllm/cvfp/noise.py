@@ -28,7 +28,7 @@ class PassNoise:
     ``(NOISE_BLOCK, d)`` standard normal draw from a generator seeded with
     ``noise_block_seed(seed, k, b)``, times ``std``. The draws do not depend on
     ``batch_tokens``, the number of ranks or where a run was resumed, and a batch costs one
-    block (12 MB at d = 768), not a pass-long ``(N, d)`` tensor (305 MB at 100k tokens)."""
+    block, not a pass-long ``(N, d)`` tensor."""
 
     def __init__(self, seed: int, k: int, d: int, std: float, device: torch.device | str = "cpu"):
         self.seed, self.k, self.d, self.std, self.device = seed, k, d, std, torch.device(device)

@@ -86,8 +86,8 @@ class Phase1Trainer(Trainer):
     def x_of(self, idx: torch.Tensor) -> torch.Tensor:
         """The input stream ``x = LN_e(E[tok])`` of flat tokens ``idx``, computed when needed
         (fp32, outside autocast, row by row the same as ``embed_all``): the embedding is frozen
-        in Phase 1, and not holding ``x`` for every token saves N x d_e x 4 bytes (305 MB at
-        100k tokens) for a gather and a LayerNorm per step."""
+        in Phase 1, and not holding ``x`` for every token saves N x d_e x 4 bytes for a gather
+        and a LayerNorm per step."""
         with torch.no_grad(), torch.autocast(self.rt.device.type, enabled=False):
             return self.model.embed_tokens(self.tokens[idx]).to(self.model.ln_e.weight.dtype)
 

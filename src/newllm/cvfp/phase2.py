@@ -65,10 +65,9 @@ from newllm.lm_loss import (
     ce_rows,
     head_logits,
     ppl,
-    seed_dropout,
 )
 from newllm.runtime import Progress, Runtime
-from newllm.train.core import Trainer
+from newllm.train.core import Trainer, seed_dropout
 from newllm.train.optim import OptimSpec
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Stage fetch_ultrachat: conversations in the ultrachat_200k row schema, cut into three
+"""Conversations in the ultrachat_200k row schema (what the fetch_ultrachat stage runs), cut into three
 disjoint splits: ``num_samples`` training rows, ``num_val`` validation rows (what every choice
 is made on) and ``num_test`` test rows (what every language-model figure is reported on).
 

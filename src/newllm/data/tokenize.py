@@ -1,4 +1,4 @@
-"""Stage tokenize_cache: token caches of the raw conversations.
+"""Token caches of the raw conversations (what the tokenize_cache stage runs).
 
 Text of a conversation = its message contents joined by newlines, tokenized with GPT-2's
 BPE (no special tokens added) and truncated to ``data.max_seq_length`` tokens. Writes

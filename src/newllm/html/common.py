@@ -6,24 +6,10 @@ from __future__ import annotations
 import html
 import json
 import logging
-import re
 from typing import Any, Callable
 
-# the value helpers live beside the report's data; the views keep importing them from here
-from newllm.values import (  # noqa: F401
-    NA,
-    acc_scale,
-    fmt,
-    fmt_change,
-    fmt_interval,
-    fmt_params,
-    fmt_pct,
-    fmt_range,
-    fmt_signed,
-    get,
-    num,
-    read_csv_columns,
-)
+from newllm.values import NA
+
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +61,6 @@ def kv_line(d: dict) -> str:
             v = json.dumps(list(v))
         items.append(f'<span class="kv"><b>{esc(k)}</b>=<code>{esc(v)}</code></span>')
     return " ".join(items)
-
-
-def has_remote_refs(html_text: str) -> bool:
-    """True when the HTML references a network resource (src/href/url() with a scheme or //)."""
-    return bool(re.search(r"""(?:src|href|action|poster|data)\s*=\s*["']?\s*(?:https?:)?//"""
-                          r"""|url\(\s*["']?\s*(?:https?:)?//|@import""", html_text, re.I))
 
 
 def section(anchor: str, title: str, body: str) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from newllm.html.common import CSS, acc_scale, esc, fmt, na, num, section, table
+from newllm.html.common import CSS, esc, na, section, table
+from newllm.values import acc_scale, fmt, num
 from newllm.html.plots import empty, figure, hline, img
 
 # Columns of the CSV and the HTML table after the swept params: (column, label). Metric columns

@@ -6,7 +6,8 @@ import base64
 import io
 from typing import Any
 
-from newllm.html.common import esc, num
+from newllm.html.common import esc
+from newllm.values import num
 
 
 def figure(nrows: int, ncols: int, width: float = 11.0, height: float = 3.6):

@@ -3,7 +3,8 @@ original guide's criteria with references, the training record, the degeneracy c
 curves, the singular-value spectra and the convergence check."""
 from __future__ import annotations
 
-from newllm.html.common import esc, flag_cell, fmt, fmt_pct, na, pass_fail, table
+from newllm.html.common import esc, flag_cell, na, pass_fail, table
+from newllm.values import fmt, fmt_pct
 from newllm.html.plots import empty, figure, hline, img, xy
 
 

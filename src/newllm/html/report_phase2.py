@@ -3,7 +3,8 @@ curves, every model on the test split with CVFP's paired difference and verdict,
 figures the choices were made on, and the original guide's claimed figures as a reference."""
 from __future__ import annotations
 
-from newllm.html.common import NA, esc, fmt, fmt_interval, fmt_pct, fmt_range, fmt_signed, na, table
+from newllm.html.common import esc, na, table
+from newllm.values import NA, fmt, fmt_interval, fmt_pct, fmt_range, fmt_signed
 from newllm.html.plots import figure, hline, img, xy
 
 VERDICT_CLASS = {"better": "pass", "worse": "warnc", "not distinguishable": "even"}

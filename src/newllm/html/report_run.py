@@ -2,7 +2,8 @@
 ``newllm.report.samples``): what was run, the generated continuations, timings and peak memory."""
 from __future__ import annotations
 
-from newllm.html.common import NA, esc, fmt, kv_line, na, table, visible
+from newllm.html.common import esc, kv_line, na, table, visible
+from newllm.values import NA, fmt
 
 TIMING_HEADS = {"time_s": "wall time (s)", "tokens_per_s": "tokens/s", "peak_rss_mb": "peak host RSS (MB)",
                 "peak_cuda_mb": "peak CUDA (MB)"}

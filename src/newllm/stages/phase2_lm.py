@@ -28,7 +28,7 @@ from newllm.data.tokens import TokenSet, load_token_set, pair_rows
 from newllm.dist import init_from_env, shutdown
 from newllm.errors import CheckpointError, NumericalError
 from newllm.io import atomic_write_json, atomic_write_text, csv_text, read_json, state_dict_digest
-from newllm.lm_loss import limit_heap_retention
+from newllm.memory import limit_heap_retention
 from newllm.resume import fingerprint, first_non_finite
 from newllm.runtime import Runtime, device_type, merge_peaks, peak_memory
 from newllm.train.resumable import run_resumable

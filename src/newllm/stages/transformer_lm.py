@@ -26,7 +26,8 @@ from newllm.bootstrap import row_sums, rows_csv
 from newllm.data.tokens import TokenSet, load_token_set, pair_rows
 from newllm.errors import ConfigError, DataError, NumericalError
 from newllm.io import atomic_write_json, atomic_write_text, csv_text, state_dict_digest
-from newllm.lm_loss import Scores, limit_heap_retention
+from newllm.lm_loss import Scores
+from newllm.memory import limit_heap_retention
 from newllm.resume import fingerprint
 from newllm.runtime import Runtime, peak_memory
 from newllm.train.resumable import run_resumable

@@ -56,6 +56,13 @@ def cpu_copy(state: dict) -> dict:
     return out
 
 
+def seed_dropout(seed: int, epoch: int, p: float) -> None:
+    """Seed the dropout masks of an epoch from (seed, epoch) alone, so that a run resumed at that
+    epoch draws the same masks as one that never stopped (no-op without dropout)."""
+    if p > 0:
+        torch.manual_seed(seed * 1_000_003 + epoch)
+
+
 class Trainer:
     """Base of every trainer. Subclasses set ``name`` ("phase2"), ``unit`` ("epoch"), ``model``
     and implement ``run_unit(k) -> dict`` and ``steps_per_unit() -> int``."""

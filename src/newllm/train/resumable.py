@@ -35,27 +35,23 @@ class Resumed:
 
 
 def run_resumable(stage: str, resume: ResumeConfig, fp: str, fresh: Callable[[], Trainer], every: int,
-                  outputs: str, hint: str, dist: Dist = SINGLE, extra: Callable[[], dict] | None = None,
-                  on_end: Callable | None = None) -> Resumed:
+                  outputs: str, hint: str, dist: Dist = SINGLE) -> Resumed:
     """Train ``fresh()`` (or its resumed state) to the end.
 
     ``fp``: the fingerprint of everything that determines the result; ``outputs``: what a failed
     run leaves of the previous outputs (for the error message); ``hint``: what to try after a
-    numerical fault; ``extra()``: more entries for the rolling checkpoint; ``on_end``: called
-    after each epoch as ``on_end(trainer, record, improved)`` on every rank."""
+    numerical fault."""
     store = ResumeStore(resume, stage, fp)
     trainer, state = resume_or_fresh(
-        store, fresh(), lambda s: None, fresh,
+        store, fresh(), fresh,
         lambda tr: f"{tr.name} after {tr.unit} {unit_label(tr, tr.state.done)} ({tr.state.steps} optimizer steps)")
     saved = {"last": unit_label(trainer, trainer.state.done) if state is not None else None}
 
     def checkpoint(tr: Trainer, rec: dict, improved: bool) -> None:
-        if on_end is not None:
-            on_end(tr, rec, improved)
         if tr.state.done % every == 0 or tr.done:
             snapshot = tr.state_dict()  # collective under data parallelism: every rank takes part
             if dist.main:  # every rank holds the same weights; rank 0 alone writes
-                store.save({"trainer": snapshot, **(extra() if extra else {})})
+                store.save({"trainer": snapshot})
                 saved["last"] = unit_label(tr, tr.state.done)
 
     try:
