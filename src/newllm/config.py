@@ -1,9 +1,10 @@
 """The one typed configuration of the project, read from ``params.yaml``.
 
-Every section is a frozen dataclass; every field carries its own check. A stage
-loads only the sections it declares in ``dvc.yaml`` and validates them before any
-work, so a bad value stops it with a message naming the key, the value and what
-is allowed (``ConfigError``).
+Every section is a frozen dataclass; every field carries its own check. The
+first stage (check_inputs) validates every section before any other stage runs, and each
+stage validates the sections it reads (``newllm.pipeline``) before any work, so a bad value
+stops the run with a message naming the key, the value and what is allowed (``ConfigError``).
+The field checks are ``newllm.checks``.
 """
 from __future__ import annotations
 
@@ -12,101 +13,14 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
+from newllm.checks import F, boolean, choice, integer, number, string, string_list
 from newllm.cvfp.diversity import DEFAULT as DIVERSITY_DEFAULT
 from newllm.cvfp.diversity import DIVERSITY
 from newllm.errors import ConfigError
-
-# ---------------------------------------------------------------------------
-# field checks: each returns None when the value is fine, else "what is allowed"
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _numeric_string_hint(v: Any, whole: bool = False) -> str:
-    """A number that reached us as a string: quoted, or ``1e-3`` (YAML 1.1, as PyYAML reads
-    it, needs a decimal point in exponent floats). Say how to write it."""
-    if isinstance(v, str):
-        try:
-            float(v)
-        except ValueError:
-            return ""
-        how = "without quotes" if whole else "without quotes and with a decimal point, e.g. 1.0e-3"
-        return f" (YAML read {v!r} as a string; write the number {how})"
-    return ""
-
-
-def integer(lo: int | None = None, hi: int | None = None) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        rng = f"an integer{f' >= {lo}' if lo is not None else ''}{f' and <= {hi}' if hi is not None else ''}"
-        if not _is_int(v):
-            return rng + _numeric_string_hint(v, whole=True)
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            return rng
-        return None
-
-    return check
-
-
-def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-           hi_open: bool = False) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        lo_s = "" if lo is None else f" {'>' if lo_open else '>='} {lo}"
-        hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
-        desc = f"a finite number{lo_s}{' and' if lo_s and hi_s else ''}{hi_s}"
-        if not _is_num(v):
-            return desc + _numeric_string_hint(v)
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            return desc
-        if hi is not None and (v >= hi if hi_open else v > hi):
-            return desc
-        return None
-
-    return check
-
-
-def choice(*allowed: Any) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) and not any(isinstance(a, bool) for a in allowed):
-            return "one of " + ", ".join(repr(a) for a in allowed)
-        return None if v in allowed else "one of " + ", ".join(repr(a) for a in allowed)
-
-    return check
-
-
-def boolean(v: Any) -> str | None:
-    return None if isinstance(v, bool) else "true or false"
-
-
-def string(allow_empty: bool = True) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if not isinstance(v, str) or (not allow_empty and not v.strip()):
-            return "a string" if allow_empty else "a non-empty string"
-        return None
-
-    return check
-
-
-def string_list(v: Any) -> str | None:
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        return "a list of strings"
-    return None
-
-
-def F(default: Any, check: Callable[[Any], str | None], doc: str = "") -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"check": check, "doc": doc})
-    return field(default=default, metadata={"check": check, "doc": doc})
-
 
 # ---------------------------------------------------------------------------
 # sections
