@@ -32,7 +32,7 @@ SECTIONS = ("run", "criteria", "passes", "spectrum", "convergence", "phase2", "g
 # TINY_PARAMS' model (vocabulary 50257, d_e = d_c = 16, two layers) with its head tied to the
 # embedding: embedding 50257*16, LN_e 2*16, layers 2*(32*32 + 32 + 2*16 + 2*16), head bias 50257
 TINY_TIED_TOTAL = 804_112 + 32 + 2_240 + 50_257
-UNIFORMITY = "log mean_{i≠j} exp(−t ‖z_i − z_j‖²)"
+UNIFORMITY = "log mean_{(i,j)∈P} exp(−t ‖z_i − z_j‖²)"
 
 
 @pytest.fixture(scope="module")
