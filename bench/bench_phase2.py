@@ -58,7 +58,7 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--epochs", type=int, default=1)
@@ -74,21 +74,17 @@ def main() -> None:
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--default-malloc", action="store_true",
                     help="keep glibc's dynamic mmap threshold (the stage fixes it; see limit_heap_retention)")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    heap = "default glibc" if args.default_malloc else ("fixed 1 MB mmap threshold" if limit_heap_retention() else "default")
+    return ap.parse_args()
 
-    mcfg = ModelConfig(context_dim=args.dim, embed_dim=args.dim, num_layers=args.layers)
+
+def timed_run(args, mcfg: ModelConfig) -> tuple:
+    """Train the epochs; the trainer, the validation times, the wall time, the matmul rates before."""
     n_train = max(1, args.tokens // args.seq)
     train, val = chat_tokens(n_train, val_fraction=0.2, max_seq_length=args.seq)
-    source = f"{CHAT_SAMPLE.name} (offline GPT-2 tokenizer)" if CHAT_SAMPLE.exists() else "random ids"
     model = build_model(mcfg, seed=0)
     cfg = Phase2Config(epochs=args.epochs, batch_tokens=args.batch_tokens, chunk_tokens=args.chunk_tokens)
     rt = Runtime(torch.device(args.device), args.precision)
-    rss_setup = rss_mb()
-    D, L, V, dh = mcfg.context_dim + mcfg.embed_dim, mcfg.num_layers, mcfg.vocab_size, mcfg.embed_dim
+    D, dh, V = mcfg.context_dim + mcfg.embed_dim, mcfg.embed_dim, mcfg.vocab_size
     # matmul rates before and after training: on a shared machine the load can drift
     mm_before = (matmul_gflops(1024, D, D, args.precision, device=args.device),
                  matmul_gflops(1024, dh, V, args.precision, device=args.device))
@@ -96,10 +92,10 @@ def main() -> None:
     val_times: list[float] = []
     evaluate = tr.evaluate
 
-    def timed_evaluate(e=None):
+    def timed_evaluate(*a, **k):
         sync(args.device)
         t = time.perf_counter()
-        out = evaluate(e)
+        out = evaluate(*a, **k)
         sync(args.device)
         val_times.append(time.perf_counter() - t)
         return out
@@ -108,9 +104,12 @@ def main() -> None:
     t0 = time.perf_counter()
     tr.run()
     sync(args.device)
-    wall = time.perf_counter() - t0
-    peak = rss_mb()
+    return tr, train, val, val_times, time.perf_counter() - t0, mm_before
 
+
+def figures(args, mcfg: ModelConfig, run: tuple, heap: str, rss_setup: float) -> dict:
+    tr, train, val, val_times, wall, mm_before = run
+    D, L, V, dh = mcfg.context_dim + mcfg.embed_dim, mcfg.num_layers, mcfg.vocab_size, mcfg.embed_dim
     N, T = train.num_tokens, tr.train["num_targets"]
     Nv, Tv = val.num_tokens, tr.val["num_targets"]
     f_L, f_H = 2 * L * D * D, 2 * dh * V
@@ -121,35 +120,43 @@ def main() -> None:
     train_s = epoch_s - val_s
     mm_after = (matmul_gflops(1024, D, D, args.precision, device=args.device),
                 matmul_gflops(1024, dh, V, args.precision, device=args.device))
-    mm_layer = (mm_before[0] + mm_after[0]) / 2
-    mm_head = (mm_before[1] + mm_after[1]) / 2
+    mm_layer, mm_head = (mm_before[0] + mm_after[0]) / 2, (mm_before[1] + mm_after[1]) / 2
     # share of the FLOPs at each shape -> the matmul-bound rate this work could reach
     share_L = (N * f_L + T * 3 * f_L + Nv * f_L) / (flops_train + flops_val)
     bound = 1.0 / (share_L / mm_layer + (1 - share_L) / mm_head)
-    fig = {
-        "device": args.device, "precision": args.precision, "threads": torch.get_num_threads(), "data": source,
-        "model": f"{mcfg.context_dim}/{mcfg.embed_dim}/{L}", "params": count_parameters(model),
+    hist = tr.state.history
+    return {
+        "device": args.device, "precision": args.precision, "threads": torch.get_num_threads(),
+        "data": f"{CHAT_SAMPLE.name} (offline GPT-2 tokenizer)" if CHAT_SAMPLE.exists() else "random ids",
+        "model": f"{mcfg.context_dim}/{mcfg.embed_dim}/{L}", "params": count_parameters(tr.model),
         "train_tokens": N, "train_targets": T, "val_tokens": Nv, "val_targets": Tv,
-        "batch_tokens": cfg.batch_tokens, "chunk_tokens": cfg.chunk_tokens, "epochs": args.epochs,
+        "batch_tokens": tr.cfg.batch_tokens, "chunk_tokens": tr.cfg.chunk_tokens, "epochs": args.epochs,
         "optimizer_steps": tr.state.steps,
         "epoch_s_median": round(epoch_s, 1), "train_s": round(train_s, 1), "val_s": round(val_s, 1),
         "tokens_per_s_epoch": round(N / epoch_s, 1), "tokens_per_s_train": round(N / train_s, 1),
         "tflop_per_epoch": round((flops_train + flops_val) / 1e12, 2),
         "gflops_achieved": round((flops_train + flops_val) / epoch_s / 1e9, 1),
-        "gflops_train": round(flops_train / train_s / 1e9, 1),
-        "gflops_val": round(flops_val / val_s / 1e9, 1),
+        "gflops_train": round(flops_train / train_s / 1e9, 1), "gflops_val": round(flops_val / val_s / 1e9, 1),
         "matmul_gflops_layer_1024x%dx%d" % (D, D): round(mm_layer, 1),
         "matmul_gflops_head_1024x%dx%d" % (dh, V): round(mm_head, 1),
         "matmul_gflops_before_after": [round(v, 1) for v in (*mm_before, *mm_after)],
-        "load_average_1min_end": round(os.getloadavg()[0], 2),
-        "matmul_bound_gflops": round(bound, 1),
-        "peak_rss_mb": round(peak, 1), "malloc": heap, "rss_before_trainer_mb": round(rss_setup, 1),
+        "load_average_1min_end": round(os.getloadavg()[0], 2), "matmul_bound_gflops": round(bound, 1),
+        "peak_rss_mb": round(rss_mb(), 1), "malloc": heap, "rss_before_trainer_mb": round(rss_setup, 1),
         "wall_s": round(wall, 1),
-        "train_loss": [round(h["train_loss"], 4) for h in tr.state.history],
-        "val_loss": [round(h["val_loss"], 4) for h in tr.state.history],
-        "val_acc": [round(h["val_acc"], 4) for h in tr.state.history],
-        "projected_10_epochs_min": round(10 * epoch_s / 60, 1),
+        "train_loss": [round(h["train_loss"], 4) for h in hist], "val_loss": [round(h["val_loss"], 4) for h in hist],
+        "val_acc": [round(h["val_acc"], 4) for h in hist], "projected_10_epochs_min": round(10 * epoch_s / 60, 1),
     }
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    heap = "default glibc" if args.default_malloc else ("fixed 1 MB mmap threshold" if limit_heap_retention() else "default")
+    mcfg = ModelConfig(context_dim=args.dim, embed_dim=args.dim, num_layers=args.layers)
+    rss_setup = rss_mb()
+    fig = figures(args, mcfg, timed_run(args, mcfg), heap, rss_setup)
     width = max(len(k) for k in fig)
     print(f"\nPhase 2 benchmark ({args.precision})")
     for k, v in fig.items():

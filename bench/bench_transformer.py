@@ -26,11 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import chat_tokens, matmul_gflops, median, sync  # noqa: E402
 
-from newllm.baselines.transformer import TransformerLM, TransformerTrainer, resolve_shape, sequences  # noqa: E402
+from newllm.baselines.transformer import (  # noqa: E402
+    TransformerLM,
+    TransformerTrainer,
+    context_length,
+    resolve_shape,
+    sequences,
+)
 from newllm.config import ModelConfig, RuntimeConfig, TransformerConfig  # noqa: E402
 from newllm.memory import limit_heap_retention  # noqa: E402
 from newllm.runtime import Runtime  # noqa: E402
-from newllm.stages.transformer_lm import context_length  # noqa: E402
 
 
 def main() -> None:

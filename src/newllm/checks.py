@@ -7,7 +7,6 @@ from dataclasses import field
 from typing import Any, Callable
 
 
-
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

@@ -10,7 +10,6 @@ import sys
 from newllm.errors import NewLLMError
 
 
-
 def setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("NEWLLM_LOG", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

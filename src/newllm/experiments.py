@@ -36,9 +36,8 @@ import yaml
 from newllm.aggregate import aggregate
 from newllm.config import from_dict
 from newllm.errors import ConfigError, NewLLMError
-from newllm.values import get
 from newllm.pipeline import STAGES
-from newllm.values import flatten
+from newllm.values import flatten, get
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 CE_BLOCK_BYTES = 3 << 20  # CPU: fp32 softmax workspace per row block (stays in L2/L3 across its passes)
 CE_ROWS_CUDA = 256        # GPU: rows per block (bounds the fp32 temporaries)

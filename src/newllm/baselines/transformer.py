@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from newllm.config import TransformerConfig
+from newllm.data.tokens import TokenSet
 from newllm.errors import NumericalError
 from newllm.lm_loss import (
     GatherRows,
@@ -93,6 +94,12 @@ class TransformerLM(nn.Module):
         x = self.drop(tok + self.pos(torch.arange(t, device=idx.device)))
         mask = nn.Transformer.generate_square_subsequent_mask(t, device=idx.device)
         return self.ln_f(self.blocks(x, mask=mask, is_causal=True))
+
+
+def context_length(*sets: TokenSet) -> int:
+    """The transformer's context: the longest sample of any split (128 with the defaults)."""
+    lengths = torch.cat([ts.offsets[1:] - ts.offsets[:-1] for ts in sets])
+    return max(2, int(lengths.max()))
 
 
 def sequences(tokens: torch.Tensor, offsets: torch.Tensor, stream: str, length: int) -> tuple[torch.Tensor, torch.Tensor]:

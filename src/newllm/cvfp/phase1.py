@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from newllm.config import Phase1Config
 from newllm.cvfp.engine import Schedule, batch_ranges, chunks, scan
 from newllm.cvfp.model import CVFPModel
+from newllm.cvfp.noise import pass_noise, rank_rows
 from newllm.cvfp.objectives import fixed_point_term, phase1_loss, value_and_grad
-from newllm.cvfp.noise import PassNoise, pass_noise, rank_rows
 from newllm.dist import SINGLE, Dist
 from newllm.errors import NumericalError
 from newllm.runtime import Progress, Runtime

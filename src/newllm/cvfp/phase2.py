@@ -45,6 +45,7 @@ import contextlib
 import logging
 import math
 import time
+
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP

@@ -46,11 +46,11 @@ from typing import Any, Callable, Iterable, Iterator
 import yaml
 
 from newllm.config import DataConfig
-from newllm.paths import SPLITS
 from newllm.data.source import chatterbot_dir
 from newllm.data.tokenizer import build_tokenizer
 from newllm.errors import DataError
 from newllm.io import atomic_write_json, atomic_write_text
+from newllm.paths import SPLITS
 
 log = logging.getLogger(__name__)
 

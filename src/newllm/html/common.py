@@ -10,7 +10,6 @@ from typing import Any, Callable
 
 from newllm.values import NA
 
-
 log = logging.getLogger(__name__)
 
 

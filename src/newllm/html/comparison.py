@@ -7,8 +7,8 @@ import math
 from typing import Any
 
 from newllm.html.common import CSS, esc, na, section, table
-from newllm.values import acc_scale, fmt, num
 from newllm.html.plots import empty, figure, hline, img
+from newllm.values import acc_scale, fmt, num
 
 # Columns of the CSV and the HTML table after the swept params: (column, label). Metric columns
 # are "<metrics file stem>.<key>".

@@ -4,8 +4,8 @@ curves, the singular-value spectra and the convergence check."""
 from __future__ import annotations
 
 from newllm.html.common import esc, flag_cell, na, pass_fail, table
-from newllm.values import fmt, fmt_pct
 from newllm.html.plots import empty, figure, hline, img, xy
+from newllm.values import fmt, fmt_pct
 
 
 def _ref(text: str | None) -> str:

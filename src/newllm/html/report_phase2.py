@@ -4,8 +4,8 @@ figures the choices were made on, and the original guide's claimed figures as a 
 from __future__ import annotations
 
 from newllm.html.common import esc, na, table
-from newllm.values import NA, fmt, fmt_interval, fmt_pct, fmt_range, fmt_signed
 from newllm.html.plots import figure, hline, img, xy
+from newllm.values import NA, fmt, fmt_interval, fmt_pct, fmt_range, fmt_signed
 
 VERDICT_CLASS = {"better": "pass", "worse": "warnc", "not distinguishable": "even"}
 

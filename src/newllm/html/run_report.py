@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from newllm.html.common import CSS, esc, guarded, na
-from newllm.values import NA
 from newllm.html.report_phase1 import convergence_html, criteria_html, passes_html, spectrum_html
 from newllm.html.report_phase2 import phase2_html
 from newllm.html.report_run import generation_html, run_html, timings_html
+from newllm.values import NA
 
 SECTION_TITLES = [
     ("run", "What was run"),

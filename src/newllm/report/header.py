@@ -3,11 +3,11 @@ parameters recorded with the checkpoints) and the stages' timings and peak memor
 from __future__ import annotations
 
 from newllm import paths
+from newllm.pipeline import STAGES
 from newllm.report.guide import GUIDE_PHASE1, GUIDE_PHASE2, thresholds
 from newllm.report.inputs import Inputs
 from newllm.report.phase2 import transformer_shape
 from newllm.values import NA, fmt, fmt_params, fmt_range, get, num
-from newllm.pipeline import STAGES
 
 
 def terms(inp: Inputs, seed: int) -> list[dict]:

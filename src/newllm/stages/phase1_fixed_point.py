@@ -7,8 +7,8 @@ import time
 import torch
 
 from newllm import paths, pipeline
-from newllm.cvfp import checkpoint
 from newllm.config import Config
+from newllm.cvfp import checkpoint
 from newllm.cvfp.engine import Schedule
 from newllm.cvfp.model import build_model
 from newllm.cvfp.noise import NOISE_SCHEME

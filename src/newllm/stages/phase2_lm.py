@@ -20,10 +20,10 @@ import logging
 import time
 
 from newllm import paths, pipeline
-from newllm.cvfp import checkpoint
-from newllm.config import Config
-from newllm.cvfp.phase2 import Phase2Trainer, prepare_head
 from newllm.bootstrap import row_sums, rows_csv
+from newllm.config import Config
+from newllm.cvfp import checkpoint
+from newllm.cvfp.phase2 import Phase2Trainer, prepare_head
 from newllm.data.tokens import TokenSet, load_token_set, pair_rows
 from newllm.dist import init_from_env, shutdown
 from newllm.errors import CheckpointError, NumericalError

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from newllm import paths, pipeline
-from newllm.paths import SPLITS
 from newllm.config import Config
 from newllm.data.tokenize import conversation_text, read_rows, split_metrics, tokenize_texts, unseen_type_frac
 from newllm.data.tokenizer import build_tokenizer, save_tokenizer
 from newllm.data.tokens import save_token_set
 from newllm.errors import DataError
 from newllm.io import atomic_write_json, read_json
+from newllm.paths import SPLITS
 
 log = logging.getLogger(__name__)
 SECTIONS = pipeline.sections("tokenize_cache")

@@ -9,22 +9,21 @@ from __future__ import annotations
 import logging
 import time
 
-import torch
-
 from newllm import paths, pipeline
 from newllm.baselines.ngram import pairs
 from newllm.baselines.transformer import (
     TransformerLM,
     TransformerTrainer,
     block_parameters,
+    context_length,
     cvfp_layer_parameters,
     resolve_shape,
     sequences,
 )
-from newllm.config import Config
 from newllm.bootstrap import row_sums, rows_csv
+from newllm.config import Config
 from newllm.data.tokens import TokenSet, load_token_set, pair_rows
-from newllm.errors import ConfigError, DataError, NumericalError
+from newllm.errors import ConfigError, DataError
 from newllm.io import atomic_write_json, atomic_write_text, csv_text, state_dict_digest
 from newllm.lm_loss import Scores
 from newllm.memory import limit_heap_retention
@@ -34,12 +33,6 @@ from newllm.train.resumable import run_resumable
 
 log = logging.getLogger(__name__)
 SECTIONS = pipeline.sections("transformer_lm")
-
-
-def context_length(*sets: TokenSet) -> int:
-    """The transformer's context: the longest sample of any split (128 with the defaults)."""
-    lengths = torch.cat([ts.offsets[1:] - ts.offsets[:-1] for ts in sets])
-    return max(2, int(lengths.max()))
 
 
 def run(cfg: Config) -> dict:

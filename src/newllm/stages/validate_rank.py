@@ -7,8 +7,8 @@ import time
 import torch
 
 from newllm import paths, pipeline
-from newllm.cvfp import checkpoint
 from newllm.config import Config, Phase1Config
+from newllm.cvfp import checkpoint
 from newllm.cvfp.engine import Schedule
 from newllm.cvfp.passes import convergence_diffs, embed_all
 from newllm.cvfp.rank import (
