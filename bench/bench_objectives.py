@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+from common import add_pair_set_args, pair_set
 
 from newllm.config import ModelConfig, Phase1Config
 from newllm.cvfp.model import build_model
@@ -52,13 +53,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--anchors", type=int, default=Phase1Config().uniformity_anchors,
-                    help="phase1.uniformity_anchors (0: every pair; K > 0 sets the group size to 0)")
-    ap.add_argument("--group-size", type=int, default=Phase1Config().uniformity_group_size,
-                    help="phase1.uniformity_group_size (0: every pair)")
+    add_pair_set_args(ap)
     args = ap.parse_args()
-    if args.anchors:  # one pair set at a time
-        args.group_size = 0
+    pair_set(args)
     g = torch.Generator().manual_seed(0)
     c = torch.nn.functional.layer_norm(torch.randn(args.batch, args.dim, generator=g), (args.dim,))
     mu = c.mean(0)

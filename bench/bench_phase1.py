@@ -23,14 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the per-token reference
-from common import chat_tokens, matmul_gflops, median, sync  # noqa: E402
+from common import add_pair_set_args, chat_tokens, matmul_gflops, median, pair_set, sync  # noqa: E402
 from reference import phase1_reference  # noqa: E402
 
 from newllm.config import ModelConfig, Phase1Config
-from newllm.cvfp.diversity import DIVERSITY  # noqa: E402
 from newllm.cvfp.engine import batch_ranges  # noqa: E402
 from newllm.cvfp.model import build_model  # noqa: E402
 from newllm.cvfp.phase1 import Phase1Trainer  # noqa: E402
+from newllm.diversity import DIVERSITY  # noqa: E402
 from newllm.runtime import Runtime, peak_rss_mb  # noqa: E402
 
 
@@ -97,13 +97,9 @@ def main() -> None:
     ap.add_argument("--reference-tokens", type=int, default=1000)
     ap.add_argument("--diversity", choices=tuple(DIVERSITY), default=Phase1Config().diversity,
                     help="the objective of the batched run (none: the pass without one, for its cost)")
-    ap.add_argument("--anchors", type=int, default=Phase1Config().uniformity_anchors,
-                    help="phase1.uniformity_anchors (0: every pair; K > 0 sets the group size to 0)")
-    ap.add_argument("--group-size", type=int, default=Phase1Config().uniformity_group_size,
-                    help="phase1.uniformity_group_size (0: every pair)")
+    add_pair_set_args(ap)
     args = ap.parse_args()
-    if args.anchors:  # one pair set at a time
-        args.group_size = 0
+    pair_set(args)
     logging.basicConfig(level=logging.WARNING)
     mcfg = ModelConfig(context_dim=args.context_dim, embed_dim=args.context_dim, num_layers=args.layers)
     train, _ = chat_tokens(args.samples, max_seq_length=args.max_seq_length)

@@ -61,3 +61,18 @@ def chat_tokens(num_samples: int, val_fraction: float = 0.2, max_seq_length: int
     train, _ = tokenize_texts(tok, [conversation_text(r) for r in raw.train], max_seq_length)
     val, _ = tokenize_texts(tok, [conversation_text(r) for r in raw.val], max_seq_length)
     return train, val
+
+
+def add_pair_set_args(ap) -> None:
+    """--anchors / --group-size: uniformity's pair set, as phase1.uniformity_anchors/_group_size."""
+    from newllm.config import Phase1Config
+    ap.add_argument("--anchors", type=int, default=Phase1Config().uniformity_anchors,
+                    help="phase1.uniformity_anchors (0: every pair; K > 0 sets the group size to 0)")
+    ap.add_argument("--group-size", type=int, default=Phase1Config().uniformity_group_size,
+                    help="phase1.uniformity_group_size (0: every pair)")
+
+
+def pair_set(args) -> None:
+    """One pair set at a time: anchors set the group size to 0."""
+    if args.anchors:
+        args.group_size = 0

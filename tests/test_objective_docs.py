@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from newllm.cvfp.diversity import DIVERSITY
+from newllm.diversity import DIVERSITY
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "objectives.md").read_text(encoding="utf-8")
 

@@ -11,7 +11,7 @@ from toy import from_lists
 
 import newllm.cvfp.phase1 as p1mod
 from newllm.config import ModelConfig, Phase1Config
-from newllm.cvfp.diversity import DIVERSITY
+from newllm.diversity import DIVERSITY
 from newllm.cvfp.engine import Schedule, batch_ranges
 from newllm.cvfp.model import build_model, count_parameters
 from newllm.cvfp.phase1 import Phase1Trainer

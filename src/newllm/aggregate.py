@@ -17,6 +17,7 @@ import torch
 
 from newllm.bootstrap import LEVEL, paired_over_runs, verdict
 from newllm.compare import NGRAMS, SOURCES
+from newllm.values import num
 
 REPLICATE_KEYS = ("params.seed", "params.data.split_seed")
 MIN_RUNS = 3
@@ -37,16 +38,6 @@ def _stats(values: list[float]) -> dict[str, float]:
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return {"mean": mean, "sd": sd, "min": min(values), "max": max(values)}
-
-
-def _numeric(v: Any) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def run_columns(rows: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor] | None:
@@ -78,7 +69,7 @@ def aggregate(df, rows_by_name: dict[str, dict[str, dict[str, torch.Tensor]]], r
         for c in df.columns:
             if c in cols or c in REPLICATE_KEYS:
                 continue
-            vals = [v for v in (_numeric(r.get(c)) for r in runs) if v is not None]
+            vals = [v for v in (num(r.get(c)) for r in runs) if v is not None]
             if vals:
                 agg.update({f"{c}.{k}": v for k, v in _stats(vals).items()})
         tables = [t for t in (run_columns(rows_by_name.get(str(r.get("name")), {})) for r in runs) if t]

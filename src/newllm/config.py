@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from newllm.checks import F, boolean, choice, integer, number, string, string_list
-from newllm.cvfp.diversity import DEFAULT as DIVERSITY_DEFAULT
-from newllm.cvfp.diversity import DIVERSITY
+from newllm.diversity import DEFAULT as DIVERSITY_DEFAULT
+from newllm.diversity import DIVERSITY
 from newllm.errors import ConfigError
 
 # ---------------------------------------------------------------------------

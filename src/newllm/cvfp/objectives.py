@@ -7,7 +7,7 @@ is ``D(C, mu, cfg) -> scalar`` on the *whole* batch (whatever ``chunk_tokens`` i
 term is the mean over the batch's rows. The trainer takes ``dD/dC`` once per batch
 (``value_and_grad``) and pushes it through the chunks' forward graphs; the per-token reference
 of the tests calls the same functions. The names, formulas and flags are the registry
-``newllm.cvfp.diversity``: adding an objective is one function here and one entry there.
+``newllm.diversity``: adding an objective is one function here and one entry there.
 Formulas, costs and measurements: docs/objectives.md.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from newllm.config import Phase1Config
-from newllm.cvfp.diversity import DIVERSITY
+from newllm.diversity import DIVERSITY
 
 Objective = Callable[[torch.Tensor, torch.Tensor, Phase1Config], torch.Tensor]
 

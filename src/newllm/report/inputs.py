@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from newllm import paths
-from newllm.cvfp.diversity import DIVERSITY
 from newllm.cvfp.model import parameter_counts
+from newllm.diversity import DIVERSITY
 from newllm.pipeline import STAGES
 from newllm.values import get, num, read_csv_columns
 
