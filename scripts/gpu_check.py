@@ -26,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
+from newllm import pipeline
+
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = [("fetch_ultrachat", "fetch"), ("tokenize_cache", "data"), ("baselines", "baselines"),
-          ("phase1_fixed_point", "phase1"), ("validate_rank", "validate"), ("phase2_lm", "phase2"),
-          ("transformer_lm", "transformer")]
+STAGES = [(s.name, s.label) for s in pipeline.STAGES if s.timed]
 
 
 def copy_repo(dst: Path) -> None:
