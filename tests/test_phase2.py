@@ -332,7 +332,7 @@ def test_generate_is_deterministic(tmp_path, capsys):
     assert capsys.readouterr().out == a + "\n"
 
 
-def test_generation_checkpoint_errors(tmp_path, capsys):
+def test_generation_checkpoint_errors(tmp_path, capsys, monkeypatch):
     from newllm.cvfp.checkpoint import load_phase2 as load_for_generation
     from newllm.generate import main
     bad = tmp_path / "bad.pt"
@@ -349,6 +349,11 @@ def test_generation_checkpoint_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--checkpoint", str(tmp_path / "missing.pt"), "--prompt", "hi"])
     assert e.value.code == 2 and "missing" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # outside a repository: the default paths are relative to it
+    with pytest.raises(SystemExit) as e:
+        main(["--prompt", "hi"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "is not under the current directory" in err and "run this from the repository" in err
 
 
 # ---------------------------------------------------------------------------- the stage

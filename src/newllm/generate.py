@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     from newllm.cli import setup_logging
     setup_logging()
     try:
+        for what, given in (("--checkpoint", args.checkpoint), ("--tokenizer", args.tokenizer)):
+            path = Path(given)
+            if not path.is_absolute() and not path.exists():
+                raise NewLLMError(f"{what} {given} is not under the current directory {Path.cwd()}: run this from "
+                                  f"the repository (after `dvc repro`), or pass {what} with the path")
         model = load_phase2(args.checkpoint, args.device)
         tok = load_tokenizer(args.tokenizer)
         text = generate(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
