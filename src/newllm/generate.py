@@ -70,6 +70,14 @@ def generate(model: CVFPModel, tokenizer, prompt: str, max_new_tokens: int, temp
     return tokenizer.decode(out)
 
 
+def _here(option: str, given: str) -> str:
+    """``given``, checked when relative: the defaults are paths inside the repository."""
+    if not Path(given).is_absolute() and not Path(given).exists():
+        raise NewLLMError(f"{option} {given} is not under the current directory {Path.cwd()}: run this from the "
+                          f"repository (after `dvc repro`), or pass {option} with the path")
+    return given
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m newllm.generate", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="models/phase2_best.pt", help="a phase2_lm checkpoint (default: "
@@ -89,13 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     from newllm.cli import setup_logging
     setup_logging()
     try:
-        for what, given in (("--checkpoint", args.checkpoint), ("--tokenizer", args.tokenizer)):
-            path = Path(given)
-            if not path.is_absolute() and not path.exists():
-                raise NewLLMError(f"{what} {given} is not under the current directory {Path.cwd()}: run this from "
-                                  f"the repository (after `dvc repro`), or pass {what} with the path")
-        model = load_phase2(args.checkpoint, args.device)
-        tok = load_tokenizer(args.tokenizer)
+        model = load_phase2(_here("--checkpoint", args.checkpoint), args.device)
+        tok = load_tokenizer(_here("--tokenizer", args.tokenizer))
         text = generate(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
         if args.continuation_only:
             print(text)
