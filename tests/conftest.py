@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # A tiny configuration every pipeline test starts from (few hundred tokens).
 TINY_PARAMS = {
-    "data": {"source": "chatterbot", "num_samples": 6, "val_fraction": 0.5, "max_seq_length": 32},
+    "data": {"source": "chatterbot", "num_samples": 6, "val_fraction": 0.5, "min_test_rows": 2, "max_seq_length": 32},
     "model": {"context_dim": 16, "embed_dim": 16, "num_layers": 2},
     "phase1": {"max_iterations": 3, "batch_tokens": 64, "chunk_tokens": 128},
     "validate": {"convergence_passes": 2, "cosine_pairs": 200},

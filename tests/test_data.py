@@ -31,7 +31,8 @@ def tok():
 
 
 def data_cfg(seed: int = 0, **data):
-    return from_dict({"seed": seed, "data": data}, sections=["data"])
+    """A data config; no test-row floor unless a test asks for one (the cuts stay proportional)."""
+    return from_dict({"seed": seed, "data": {"min_test_rows": 1, **data}}, sections=["data"])
 
 
 def row(*contents, prompt_id: str | None = None) -> dict:
@@ -158,6 +159,14 @@ def test_jsonl_split_rule(tmp_path):
     order = in_split_order(rows)
     assert data.train == order[:8] and data.val == order[8:11] and data.test == order[11:13]  # ceil(2.4) = 3
     assert data.train != rows[:8] and not data.skipped  # shuffled, not the file's first rows
+
+
+def test_a_small_scale_still_gets_min_test_rows(tmp_path):
+    rows = rows_n(30)
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    data = fetch.fetch(data_cfg(source="jsonl", path=str(path), num_samples=8, min_test_rows=6).data)
+    order = in_split_order(rows)
+    assert data.test == order[10:16] and len(data.val) == 2  # ceil(0.2 * 8) = 2 < 6 test rows
 
 
 def test_splits_are_disjoint_deterministic_nested_and_independent_of_the_file_order(tmp_path):

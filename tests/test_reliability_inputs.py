@@ -166,7 +166,7 @@ def test_bad_source_rows_are_skipped_and_counted_in_the_metrics(tmp_path):
              good[2], good[3], good[4]]
     (tmp_path / "chats.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     write_params(tmp_path, {"data": {"source": "jsonl", "path": "chats.jsonl", "num_samples": 3,
-                                     "val_fraction": 0.2, "max_seq_length": 16}})
+                                     "val_fraction": 0.2, "min_test_rows": 1, "max_seq_length": 16}})
     for stage in (FETCH, TOK):
         r = run_stage(tmp_path, stage)
         assert r.returncode == 0, repr(r)

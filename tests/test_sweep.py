@@ -87,7 +87,9 @@ def _run(name, seed, n, shift, num_samples=50):
     tables = {"phase2": {"row": torch.arange(n).double(), "targets": torch.ones(n, dtype=torch.float64),
                          "cvfp": tf + shift},
               "transformer": {"row": torch.arange(n).double(), "targets": torch.ones(n, dtype=torch.float64),
-                              "transformer": tf}}
+                              "transformer": tf},
+              "baselines": {"row": torch.arange(n).double(), "targets": torch.ones(n, dtype=torch.float64),
+                            "unigram": tf + 1.0}}
     row = {"name": name, "params.seed": seed, "params.data.num_samples": num_samples, "phase2.test.loss": 5 + shift}
     return row, tables
 
@@ -106,6 +108,9 @@ def test_runs_aggregate_over_seeds_with_a_verdict_only_from_three():
     v = a["vs.transformer"]
     assert v["estimate"] == pytest.approx(0.2) and 0.1 <= v["lo"] <= v["hi"] <= 0.3 and v["verdict"] == "worse"
     assert b["runs"] == 2 and b["vs.transformer"]["verdict"] == "fewer than 3 runs"
+    # the transformer against the n-gram models too (the unigram is 1 nat worse everywhere)
+    assert a["tf_vs.unigram"]["estimate"] == pytest.approx(-1.0) and a["tf_vs.unigram"]["verdict"] == "better"
+    assert a["vs.unigram"]["estimate"] == pytest.approx(-0.8)
 
 
 def test_grid_is_the_cartesian_product_checked_point_by_point(tmp_path, monkeypatch):

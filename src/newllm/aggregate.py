@@ -4,7 +4,8 @@ Runs that differ only in ``seed`` and ``data.split_seed`` are replicates of one 
 For every numeric figure a configuration gets the mean over its runs and the spread (sample
 standard deviation, and min and max); for every baseline, CVFP's paired difference of test
 loss with the 95% two-level bootstrap interval of ``newllm.bootstrap.paired_over_runs``
-(runs drawn with replacement, then the test conversations of each drawn run) and its verdict.
+(runs drawn with replacement, then the test conversations of each drawn run) and its verdict,
+and the same for the transformer against every n-gram model.
 A configuration with fewer than ``MIN_RUNS`` runs gets no verdict: one or two seeds are not a
 claim.
 """
@@ -55,8 +56,10 @@ def run_columns(rows: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 def aggregate(df, rows_by_name: dict[str, dict[str, dict[str, torch.Tensor]]], resamples: int = 2000,
               seed: int = 0) -> list[dict]:
     """One dict per configuration of ``df`` (the completed runs, one per row): its params, ``runs``
-    (count and names), ``<figure>.mean``/``.sd``/``.min``/``.max`` of every numeric column, and
-    ``vs.<baseline>`` = {estimate, lo, hi, verdict} from the runs' per-conversation tables."""
+    (count and names), ``<figure>.mean``/``.sd``/``.min``/``.max`` of every numeric column,
+    ``vs.<baseline>`` = {estimate, lo, hi, verdict} of CVFP against each baseline and
+    ``tf_vs.<n-gram>`` of the transformer against each n-gram model, from the runs'
+    per-conversation tables."""
     cols = config_columns(df)
     groups: dict[tuple, list[dict]] = {}
     for row in df.to_dict("records"):
@@ -73,12 +76,13 @@ def aggregate(df, rows_by_name: dict[str, dict[str, dict[str, torch.Tensor]]], r
             if vals:
                 agg.update({f"{c}.{k}": v for k, v in _stats(vals).items()})
         tables = [t for t in (run_columns(rows_by_name.get(str(r.get("name")), {})) for r in runs) if t]
-        for base in BASELINES:
-            paired = [(t["cvfp"], t[base], t["targets"]) for t in tables if base in t]
-            if not paired:
-                continue
-            iv = paired_over_runs(paired, resamples, seed, LEVEL)
-            word = verdict(iv) if len(paired) >= MIN_RUNS else f"fewer than {MIN_RUNS} runs"
-            agg[f"vs.{base}"] = {**iv.as_dict(), "verdict": word, "runs": len(paired)}
+        for a, key, bases in (("cvfp", "vs", BASELINES), ("transformer", "tf_vs", NGRAMS)):
+            for base in bases:
+                paired = [(t[a], t[base], t["targets"]) for t in tables if a in t and base in t]
+                if not paired:
+                    continue
+                iv = paired_over_runs(paired, resamples, seed, LEVEL)
+                word = verdict(iv) if len(paired) >= MIN_RUNS else f"fewer than {MIN_RUNS} runs"
+                agg[f"{key}.{base}"] = {**iv.as_dict(), "verdict": word, "runs": len(paired)}
         out.append(agg)
     return out

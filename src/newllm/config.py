@@ -39,7 +39,10 @@ class DataConfig:
     val_fraction: float = F(0.2, number(0, 1, lo_open=True, hi_open=True),
                             "validation rows = ceil(val_fraction * num_samples): what every choice is made on")
     test_fraction: float = F(0.2, number(0, 1, lo_open=True, hi_open=True),
-                             "test rows = ceil(test_fraction * num_samples): what every LM figure is reported on")
+                             "test rows = ceil(test_fraction * num_samples), at least min_test_rows: what every "
+                             "LM figure is reported on")
+    min_test_rows: int = F(50, integer(1, 10_000_000), "test rows at least (a small scale's interval needs "
+                           "conversations)")
     split_seed: int = F(0, integer(0, 2**31 - 1), "seed of the row permutation that cuts train/val/test "
                         "(separate from seed: the splits stay when seed changes)")
     max_seq_length: int = F(128, integer(2, 1_000_000), "GPT-2 tokens kept per sample")
@@ -61,7 +64,7 @@ class DataConfig:
 
     @property
     def num_test(self) -> int:
-        return max(1, math.ceil(self.test_fraction * self.num_samples))
+        return max(self.min_test_rows, math.ceil(self.test_fraction * self.num_samples))
 
 
 @dataclass(frozen=True)

@@ -266,9 +266,9 @@ def configs_csv(configs: list[dict]) -> str:
 
     flat = []
     for c in configs:
-        row = {k: v for k, v in c.items() if not k.startswith("vs.")}
+        row = {k: v for k, v in c.items() if not k.startswith(("vs.", "tf_vs."))}
         for k, v in c.items():
-            if k.startswith("vs."):
+            if k.startswith(("vs.", "tf_vs.")):
                 row.update({f"{k}.{f}": x for f, x in v.items()})
         flat.append(row)
     return pd.DataFrame(flat).to_csv(index=False) if flat else ""

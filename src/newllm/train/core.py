@@ -65,7 +65,8 @@ def seed_dropout(seed: int, epoch: int, p: float) -> None:
 
 class Trainer:
     """Base of every trainer. Subclasses set ``name`` ("phase2"), ``unit`` ("epoch"), ``model``
-    and implement ``run_unit(k) -> dict`` and ``steps_per_unit() -> int``."""
+    and implement ``run_unit(k) -> dict`` and ``steps_per_unit() -> int``; they call
+    ``super().__init__`` once their data is ready (it counts the schedule's steps)."""
 
     name = "train"
     unit = "epoch"
