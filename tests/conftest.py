@@ -15,6 +15,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    """One torch thread per test process: scripts/test.sh runs two xdist workers on a 2-core
+    machine, where more intra-op threads only oversubscribe the cores (and OpenMP's spinning
+    threads slow everything down when a core is busy elsewhere)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     """The files with real-pipeline tests (``slow``) go first: scripts/test.sh hands whole files
     to the two workers in this order (``--dist loadfile --no-loadscope-reorder``), so both start
