@@ -43,11 +43,35 @@ class Result:
         return f"exit {self.returncode} after {self.seconds:.1f}s\n--- stderr ---\n{self.stderr[-3000:]}"
 
 
+class _StageServer:
+    """This process's ``helpers/stage_server.py`` (started on first use)."""
+
+    proc: subprocess.Popen | None = None
+
+    @classmethod
+    def run(cls, d: Path, script: Path, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+        if cls.proc is None or cls.proc.poll() is not None:
+            cls.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("stage_server.py"))],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env={**os.environ, **ENV})
+        out, err = d.parent / f".{d.name}.stdout", d.parent / f".{d.name}.stderr"
+        req = {"script": str(script), "args": list(args), "cwd": str(d), "stdout": str(out), "stderr": str(err),
+               "timeout": timeout}
+        cls.proc.stdin.write(json.dumps(req) + "\n")
+        cls.proc.stdin.flush()
+        reply = cls.proc.stdout.readline()
+        assert reply, f"the stage server ended (exit {cls.proc.poll()})"
+        p = subprocess.CompletedProcess(req, json.loads(reply)["returncode"], out.read_text(), err.read_text())
+        out.unlink()
+        err.unlink()
+        return p
+
+
 def run_stage(d: Path, stage: str, *args: str, timeout: float = 300) -> Result:
-    """``python stages/<stage>.py ARGS`` in ``d``."""
+    """``python stages/<stage>.py ARGS`` in ``d``: a new process with its own exit status, stdout and
+    stderr, forked from a warm interpreter that has imported torch (helpers/stage_server.py)."""
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args], cwd=d,
-                       capture_output=True, text=True, env={**os.environ, **ENV}, timeout=timeout)
+    p = _StageServer.run(d, ROOT / "stages" / f"{stage}.py", args, timeout)
     return Result(p, time.monotonic() - t0)
 
 
