@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from helpers.repo import SHARED_SAMPLE, make_dvc_repo
+from helpers.repo import SHARED_SAMPLE, reproduce_once
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -24,14 +24,29 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+# The longest files, longest first. scripts/test.sh hands whole files to the two workers in the
+# order of the collection (``--dist loadfile --no-loadscope-reorder``): both start on a long one and
+# the short files fill in at the end, so neither worker is left alone with a long file. The notebook
+# comes first because it does not need the reproduced repository, which the sweep's worker builds
+# meanwhile (the fixture ``reproduced``).
+LONGEST_FIRST = ("pipeline/test_notebook.py", "pipeline/test_sweep.py", "pipeline/test_resume_kill9.py",
+                 "pipeline/test_readme_sequence.py", "pipeline/test_dvc_failures.py", "pipeline/test_chain.py",
+                 "pipeline/test_remote.py")
+
+
+def _rank(item) -> tuple[int, int]:
+    path = item.path.relative_to(item.config.rootpath / "tests").as_posix()
+    first = LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    return ("slow" not in item.keywords, first)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The files with real-pipeline tests (``slow``) go first: scripts/test.sh hands whole files
-    to the two workers in this order (``--dist loadfile --no-loadscope-reorder``), so both start
-    on the long ones and the short files fill in after (no lone long test at the end). ``gpu``
-    tests run only where torch sees a CUDA device (scripts/test.sh runs them there)."""
+    """The files in LONGEST_FIRST, then the other files with subprocess tests (``slow``), then the
+    rest (a stable sort: the collection's order within each group). ``gpu`` tests run only where
+    torch sees a CUDA device (scripts/test.sh runs them there)."""
     import torch
 
-    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise
+    items.sort(key=_rank)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine "
@@ -62,9 +77,15 @@ def threads():
     torch.set_num_threads(n)
 
 
-@pytest.fixture
-def dvc_repo(tmp_path):
-    return make_dvc_repo(tmp_path / "repo")
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory):
+    """The DVC repository in which `dvc repro` ran (helpers.repo.Reproduced): the pipeline tests
+    start from a copy of it instead of each reproducing the same run. One per test session: the
+    first xdist worker that asks builds it, the other waits (basetemp's parent is the session's)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return reproduce_once(base / "reproduced")
 
 
 @pytest.fixture

@@ -2,10 +2,12 @@
 configuration every pipeline test starts from."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -29,6 +31,11 @@ TINY_PARAMS = {
     "runtime": {"device": "cpu", "threads": 1},
     "report": {"max_new_tokens": 5},
 }
+# the README's scale (data.num_samples as in params.yaml, which its sequence edits); short rows
+# keep the trainings small
+README_SCALE = {"data": {"num_samples": 50, "max_seq_length": 32}}
+# what the reproduced repository's first `dvc repro` ran, in three steps
+REPRO_STEPS = (("tokenize_cache",), ("validate_rank",), ())
 
 
 def deep_update(base: dict, upd: dict) -> dict:
@@ -106,3 +113,32 @@ def make_dvc_repo(path: Path, params_update: dict | None = None) -> DvcRepo:
     repo.set_params(deep_update(TINY_PARAMS, params_update or {}))
     repo.commit("init")
     return repo
+
+
+@dataclass(frozen=True)
+class Reproduced:
+    """A DVC repository (TINY_PARAMS at the README's scale, nothing committed after ``init``) in
+    which ``dvc repro`` ran in REPRO_STEPS, and what each step printed. Read-only: a test works
+    on its own ``copy``."""
+
+    path: Path
+    outputs: tuple[str, ...]
+
+    def copy(self, dst: Path) -> DvcRepo:
+        shutil.copytree(self.path, dst, symlinks=True)
+        return DvcRepo(dst)
+
+
+def reproduce_once(path: Path) -> Reproduced:
+    """The Reproduced repository at ``path``, built by the first caller; callers in other
+    processes (the xdist workers) wait for it under a file lock and then share it."""
+    from filelock import FileLock
+
+    done = path.with_name(path.name + ".json")
+    with FileLock(str(path) + ".lock"):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # what a failed build left
+            repo = make_dvc_repo(path, README_SCALE)
+            outputs = [repo.repro(*step).stdout for step in REPRO_STEPS]
+            done.write_text(json.dumps(outputs))
+    return Reproduced(path, tuple(json.loads(done.read_text())))

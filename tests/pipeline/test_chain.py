@@ -11,10 +11,10 @@ HEADLINE = ["passed", "val_er", "final_diff_e6", "test_ppl", "vs_ngram", "vs_tf"
 
 
 @pytest.mark.slow
-def test_whole_chain_rerun_rules_and_metrics_diff(dvc_repo):
-    repo = dvc_repo
-    out = repo.repro().stdout
-    assert sorted(repo.ran_stages(out)) == sorted(ALL)
+def test_whole_chain_rerun_rules_and_metrics_diff(reproduced, tmp_path):
+    repo = reproduced.copy(tmp_path / "repo")
+    ran = [stage for out in reproduced.outputs for stage in repo.ran_stages(out)]  # the first `dvc repro`
+    assert sorted(ran) == sorted(ALL)
     p2 = json.loads((repo.path / "metrics/phase2.json").read_text())
     assert p2["optimizer_steps"] > 0 and p2["val"]["loss"] > 0
     html = (repo.path / "reports/report.html").read_text()
@@ -22,7 +22,7 @@ def test_whole_chain_rerun_rules_and_metrics_diff(dvc_repo):
     # every data stage records its wall time and peak memory, and the report's table shows them
     fetched = json.loads((repo.path / "metrics/fetch.json").read_text())
     data = json.loads((repo.path / "metrics/data.json").read_text())
-    assert fetched["train_rows"] == 6 and fetched["val_rows"] == data["val"]["samples"]
+    assert fetched["train_rows"] == 50 and fetched["val_rows"] == data["val"]["samples"]
     for m in (fetched, data):
         assert m["time_s"] > 0 and m["peak_rss_mb"] > 0
     timings = html[html.index('id="timings"'):]
@@ -48,6 +48,6 @@ def test_whole_chain_rerun_rules_and_metrics_diff(dvc_repo):
     assert sorted(repo.ran_stages(repo.repro().stdout)) == ["phase1_fixed_point", "phase2_lm", "report",
                                                            "validate_rank"]
     # another scale re-runs everything and `dvc metrics diff` shows every headline key: the README
-    # sequence (tests/test_readme.py) does that on a 50-sample repository
+    # sequence (tests/pipeline/test_readme_sequence.py) does that
     diff = json.loads(repo.dvc("metrics", "diff", "--json", "--all").stdout)
     assert set(diff["metrics.json"]) == set(HEADLINE)  # --all: unchanged keys too

@@ -20,9 +20,8 @@ def _digests(repo) -> dict:
     return {f: hashlib.sha256((repo.path / f).read_bytes()).hexdigest() for f in KEPT}
 
 
-def test_bad_params_stop_before_any_output_is_removed_and_checkout_restores(tmp_path):
-    repo = make_dvc_repo(tmp_path / "repo")
-    repo.repro("phase2_lm")
+def test_bad_params_stop_before_any_output_is_removed_and_checkout_restores(reproduced, tmp_path):
+    repo = reproduced.copy(tmp_path / "repo")
     repo.commit("run")
     before = _digests(repo)
     good = (repo.path / "params.yaml").read_text()

@@ -1,4 +1,5 @@
-"""Phase 1 and validate_rank as real DVC stages in a temporary repo (tiny model)."""
+"""Phase 1 and validate_rank as real DVC stages in a temporary repo (tiny model): what `dvc repro
+validate_rank` runs and re-runs, and an enforced failed verdict stopping the stage."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,12 @@ from newllm.io import torch_load
 
 
 @pytest.mark.slow
-def test_phase1_and_validate_stages_and_rerun_rules(dvc_repo):
-    repo = dvc_repo
-    out = repo.repro("validate_rank").stdout
-    assert repo.ran_stages(out) == ["fetch_ultrachat", "tokenize_cache", "phase1_fixed_point", "validate_rank"]
+def test_phase1_and_validate_stages_and_rerun_rules(reproduced, tmp_path):
+    repo = reproduced.copy(tmp_path / "repo")
+    # the reproduced repository's first two steps: `dvc repro tokenize_cache`, then `dvc repro
+    # validate_rank`, which ran Phase 1 and validate_rank only (no baseline, no Phase 2)
+    ran = [repo.ran_stages(out) for out in reproduced.outputs[:2]]
+    assert ran == [["fetch_ultrachat", "tokenize_cache"], ["phase1_fixed_point", "validate_rank"]]
     p1 = json.loads((repo.path / "metrics/phase1.json").read_text())
     assert p1["optimizer_steps"] > 0 and p1["param_change"] > 0
     assert p1["passes"] >= 2 and p1["embeddings"] == "random"
@@ -47,12 +50,12 @@ def test_phase1_and_validate_stages_and_rerun_rules(dvc_repo):
     assert v2["passed"] == v["passed"]
     assert (repo.path / "data/gate.json").read_bytes() == gate
 
-    # what a phase1 param re-runs: tests/test_pipeline_chain.py
+    # what a phase1 param re-runs: tests/pipeline/test_chain.py
 
 
 @pytest.mark.slow
-def test_enforced_failed_verdict_stops_the_stage(dvc_repo):
-    repo = dvc_repo
+def test_enforced_failed_verdict_stops_the_stage(reproduced, tmp_path):
+    repo = reproduced.copy(tmp_path / "repo")
     repo.set_params({"validate": {"enforce": True, "max_final_diff": 0.0, "min_train_er_pct": 100.0}})
     p = repo.repro("validate_rank", check=False)
     assert p.returncode != 0

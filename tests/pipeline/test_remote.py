@@ -22,9 +22,8 @@ def files(d) -> dict:
 
 
 @pytest.mark.slow
-def test_push_wipe_pull_restores_everything(dvc_repo, tmp_path):
-    repo = dvc_repo
-    repo.repro()
+def test_push_wipe_pull_restores_everything(reproduced, tmp_path):
+    repo = reproduced.copy(tmp_path / "repo")
     repo.commit("run")
     before = files(repo.path)
     weights = state_dict_digest(torch.load(repo.path / "models/phase2_best.pt", weights_only=True)["model_state_dict"])

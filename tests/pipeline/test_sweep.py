@@ -13,8 +13,9 @@ from newllm import experiments as ex
 
 
 @pytest.mark.slow
-def test_sweep_over_seeds_metrics_diff_and_the_aggregated_comparison(dvc_repo):
-    repo = dvc_repo
+def test_sweep_over_seeds_metrics_diff_and_the_aggregated_comparison(reproduced, tmp_path):
+    repo = reproduced.copy(tmp_path / "repo")
+    repo.commit("run")  # the experiments' baseline: the stages no point changes come from DVC's cache
     p = repo.run(sys.executable, "-m", "newllm.sweep", "-S", "seed=0,1,2", "-S", "phase2.epochs=1",
                  "--name-prefix", "t", "--jobs", "2", timeout=900)
     assert "comparison:" in p.stdout, p.stderr[-2000:]
