@@ -58,23 +58,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def one_thread():
-    """Tiny models: two xdist workers x two threads would only oversubscribe the cores."""
+    """One torch thread during the test (as pytest_configure set it), and the worker's count given
+    back afterwards: an in-process stage sets the count of its params' runtime.threads."""
     import torch
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-@pytest.fixture
-def threads():
-    """In-process stages set torch's thread count; give the worker its own back."""
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -99,7 +99,7 @@ def test_phase1_numerical_fault_stops_and_keeps_the_last_good_state(prepared_run
 
 @pytest.mark.slow
 def test_phase1_nan_parameter_stops_and_the_rerun_resumes_to_the_same_result(prepared_run, tmp_path,
-                                                                            monkeypatch, threads):
+                                                                            monkeypatch, one_thread):
     assert load_json(prepared_run / "metrics/phase1.json")["passes"] == 3  # the fault hits pass 2
     d = copy_run(prepared_run, tmp_path / "run")
     before = outputs(d)

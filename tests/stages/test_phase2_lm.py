@@ -167,7 +167,7 @@ def test_unusable_input_is_a_clear_error_and_changes_nothing(prepared_run, tmp_p
 
 @pytest.mark.slow
 def test_phase2_nan_parameter_stops_and_the_rerun_resumes_to_the_same_result(prepared_run, tmp_path,
-                                                                            monkeypatch, threads):
+                                                                            monkeypatch, one_thread):
     from newllm.cvfp.phase2 import Phase2Trainer
     from newllm.stages import phase2_lm as phase2
 
