@@ -1,124 +1,52 @@
-"""Shared test helpers: a real temporary DVC repo holding a copy of this project."""
+"""Fixtures every test can use, the order in which xdist hands out the files, and the GPU skip.
+
+Shared code lives in the ``helpers`` package (tests/ is on ``pythonpath``); test modules never
+import one another."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-# every .gitignore of the repository (the DVC outputs' entries are committed, so a run leaves
-# only dvc.lock to commit)
-IGNORE_FILES = (".gitignore", "data/.gitignore", "models/.gitignore", "metrics/.gitignore", "metrics/rows/.gitignore",
-                "reports/.gitignore")
-SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "chat_sample.jsonl"
+from helpers.repo import SHARED_SAMPLE, reproduce_once
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# A tiny configuration every pipeline test starts from (few hundred tokens).
-TINY_PARAMS = {
-    "data": {"source": "chatterbot", "num_samples": 6, "val_fraction": 0.5, "min_test_rows": 2, "max_seq_length": 32},
-    "model": {"context_dim": 16, "embed_dim": 16, "num_layers": 2},
-    "phase1": {"max_iterations": 3, "batch_tokens": 64, "chunk_tokens": 128},
-    "validate": {"convergence_passes": 2, "cosine_pairs": 200},
-    "phase2": {"epochs": 2, "batch_tokens": 128, "chunk_tokens": 64},
-    "transformer": {"epochs": 2, "batch_tokens": 128, "chunk_tokens": 64},
-    "runtime": {"device": "cpu", "threads": 1},
-    "report": {"max_new_tokens": 5},
-}
+
+def pytest_configure(config):
+    """One torch thread per test process: scripts/test.sh runs two xdist workers on a 2-core
+    machine, where more intra-op threads only oversubscribe the cores (and OpenMP's spinning
+    threads slow everything down when a core is busy elsewhere)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
-def deep_update(base: dict, upd: dict) -> dict:
-    out = dict(base)
-    for k, v in upd.items():
-        out[k] = deep_update(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
+# The longest files, longest first. scripts/test.sh hands whole files to the two workers in the
+# order of the collection (``--dist loadfile --no-loadscope-reorder``): both start on a long one and
+# the short files fill in at the end, so neither worker is left alone with a long file. The notebook
+# comes first because it does not need the reproduced repository, which the sweep's worker builds
+# meanwhile (the fixture ``reproduced``).
+LONGEST_FIRST = ("pipeline/test_notebook.py", "pipeline/test_sweep.py", "pipeline/test_resume_kill9.py",
+                 "pipeline/test_readme_sequence.py", "pipeline/test_dvc_failures.py", "pipeline/test_chain.py",
+                 "pipeline/test_remote.py")
 
 
-class DvcRepo:
-    """A git+DVC repo in a temp dir with this project's dvc.yaml, stages/ and src/."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def run(self, *args: str, check: bool = True, env: dict | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-        e = dict(os.environ)
-        e.update(env or {})
-        p = subprocess.run(list(args), cwd=self.path, capture_output=True, text=True, env=e,
-                           timeout=timeout)
-        if check and p.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-        return p
-
-    def dvc(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return self.run(sys.executable, "-m", "dvc", *args, **kw)
-
-    def params(self) -> dict:
-        return yaml.safe_load((self.path / "params.yaml").read_text())
-
-    def set_params(self, upd: dict) -> None:
-        (self.path / "params.yaml").write_text(yaml.safe_dump(deep_update(self.params(), upd)))
-
-    def repro(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return self.dvc("repro", *args, **kw)
-
-    def ran_stages(self, out: str) -> list[str]:
-        """Stage names `dvc repro` output says it ran, but check_inputs, which runs every time
-        (``always_changed``: it checks params.yaml and fingerprints the data)."""
-        names = []
-        for line in out.splitlines():
-            if line.startswith("Running stage '") and line.split("'")[1] != "check_inputs":
-                names.append(line.split("'")[1])
-        return names
-
-    def up_to_date(self) -> bool:
-        """`dvc status` lists nothing but check_inputs, which is always changed (it runs first at
-        every `dvc repro`)."""
-        out = self.dvc("status").stdout
-        return out.strip() in ("Data and pipelines are up to date.", "check_inputs:\n\talways changed")
-
-    def commit(self, msg: str = "state") -> None:
-        self.run("git", "add", "-A")
-        self.run("git", "commit", "-qm", msg, "--allow-empty")
-
-
-def make_dvc_repo(path: Path, params_update: dict | None = None) -> DvcRepo:
-    path.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", *IGNORE_FILES):
-        if (ROOT / name).exists():
-            (path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / name, path / name)
-    shutil.copytree(ROOT / "stages", path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    repo = DvcRepo(path)
-    repo.run("git", "init", "-q")
-    repo.run("git", "config", "user.email", "test@example.com")
-    repo.run("git", "config", "user.name", "test")
-    repo.dvc("init", "-q")
-    # what `dvc config core.autostage true` and `core.analytics false` write, without two more
-    # DVC processes per repository
-    with (path / ".dvc" / "config").open("a") as f:
-        f.write("[core]\n    autostage = true\n    analytics = false\n")
-    repo.set_params(deep_update(TINY_PARAMS, params_update or {}))
-    repo.commit("init")
-    return repo
+def _rank(item) -> tuple[int, int]:
+    path = item.path.relative_to(item.config.rootpath / "tests").as_posix()
+    first = LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    return ("slow" not in item.keywords, first)
 
 
 def pytest_collection_modifyitems(config, items):
-    """The files with real-pipeline tests (``slow``) go first: scripts/test.sh hands whole files
-    to the two workers in this order (``--dist loadfile --no-loadscope-reorder``), so both start
-    on the long ones and the short files fill in after (no lone long test at the end). ``gpu``
-    tests run only where torch sees a CUDA device (scripts/test.sh runs them there)."""
+    """The files in LONGEST_FIRST, then the other files with subprocess tests (``slow``), then the
+    rest (a stable sort: the collection's order within each group). ``gpu`` tests run only where
+    torch sees a CUDA device (scripts/test.sh runs them there)."""
     import torch
 
-    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise
+    items.sort(key=_rank)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine "
@@ -130,7 +58,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def one_thread():
-    """Tiny models: two xdist workers x two threads would only oversubscribe the cores."""
+    """One torch thread during the test (as pytest_configure set it), and the worker's count given
+    back afterwards: an in-process stage sets the count of its params' runtime.threads."""
     import torch
 
     old = torch.get_num_threads()
@@ -139,9 +68,15 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.fixture
-def dvc_repo(tmp_path):
-    return make_dvc_repo(tmp_path / "repo")
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory):
+    """The DVC repository in which `dvc repro` ran (helpers.repo.Reproduced): the pipeline tests
+    start from a copy of it instead of each reproducing the same run. One per test session: the
+    first xdist worker that asks builds it, the other waits (basetemp's parent is the session's)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return reproduce_once(base / "reproduced")
 
 
 @pytest.fixture
@@ -153,11 +88,23 @@ def chat_sample():
 
 @pytest.fixture(scope="session")
 def prepared_run(tmp_path_factory):
-    """A complete tiny run made by the real stage scripts, once per test worker (read-only:
-    copy it with reliability_helpers.copy_run before changing anything)."""
-    from reliability_helpers import run_chain, write_params
+    """A complete tiny run made by the real stage scripts in this process, once per test worker
+    (read-only: copy it with helpers.chain.copy_run before changing anything)."""
+    from helpers.chain import run_chain_here, write_params
 
     d = tmp_path_factory.mktemp("prepared")
     write_params(d)
-    run_chain(d)
+    run_chain_here(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_report(prepared_run, tmp_path_factory):
+    """(root, comparison, data) of the report stage's gathering on a private copy of the
+    prepared run (read-only)."""
+    from helpers.chain import copy_run
+    from helpers.report import gather
+
+    root = copy_run(prepared_run, tmp_path_factory.mktemp("report") / "run")
+    comparison, data = gather(root)
+    return root, comparison, data

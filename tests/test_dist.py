@@ -1,6 +1,8 @@
-"""Data parallelism: 2 processes (gloo, CPU) equal 1 process with the same global batch."""
+"""Data parallelism (``newllm.dist``): 2 processes (gloo, CPU) under torchrun equal 1 process with
+the same global batch, gradients of every step, weights, contexts and the logged history."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,30 +10,37 @@ from pathlib import Path
 import pytest
 import torch
 
-WORKER = Path(__file__).with_name("dist_worker.py")
+from helpers.dist_worker import PHASES
+from helpers.repo import TESTS
+from newllm.dist import SINGLE
+
+pytestmark = pytest.mark.slow
+# batch-level objectives see the global batch on every rank (all-reduced contexts), so 2 ranks
+# equal 1 process for them too
+TESTED = ["phase1", "phase2", "phase1_uniformity", "phase1_uniformity_groups"]
 
 
-def run(tmp_path: Path, phase: str, nproc: int) -> dict:
-    out = tmp_path / f"{phase}_{nproc}.pt"
-    cmd = [sys.executable, str(WORKER), phase, str(out)]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(WORKER), phase, str(out)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    """Every tested phase run by 2 processes under one torchrun (one launch, one process group);
+    the results of rank 0 as OUT/<phase>.pt."""
+    out = tmp_path_factory.mktemp("dist")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "helpers.dist_worker", str(out), *TESTED], capture_output=True, text=True, env=env,
+                       timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    return torch.load(out, weights_only=True)
+    return out
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
     return float((a - b).norm()) <= rel * float(b.norm()) + 1e-7
 
 
-# batch-level objectives see the global batch on every rank (all-reduced contexts), so 2 ranks
-# equal 1 process for them too
-@pytest.mark.parametrize("phase", ["phase1", "phase2", "phase1_uniformity", "phase1_uniformity_groups"])
-def test_two_processes_equal_one(tmp_path, phase):
-    one = run(tmp_path, phase, 1)
-    two = run(tmp_path, phase, 2)
+@pytest.mark.parametrize("phase", TESTED)
+def test_two_processes_equal_one(two_processes, phase, one_thread):
+    one = PHASES[phase](SINGLE)  # the same code in this process, without a process group
+    two = torch.load(two_processes / f"{phase}.pt", weights_only=True)
     assert one["steps"] == two["steps"] > 0
     assert one["grads"].shape == two["grads"].shape
     for g1, g2 in zip(one["grads"], two["grads"]):  # the all-reduced gradient of every step

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT
-from toy import from_lists, phase2_inputs
 
+from helpers.repo import ROOT
+from helpers.toy import write_gate, write_token_caches
 from newllm.config import Phase1Config, RuntimeConfig
 from newllm.cvfp.model import build_model
 from newllm.cvfp.phase1 import Phase1Trainer
@@ -142,12 +142,8 @@ TOY = {"model": {"context_dim": 8, "embed_dim": 8, "num_layers": 2, "vocab_size"
 
 
 def _inputs(d: Path) -> None:
-    from newllm import paths
-    from newllm.data.tokens import save_token_set
-    g = torch.Generator().manual_seed(0)
-    for path, lengths in ((paths.TOKENS_TRAIN, (12, 9, 16, 5)), (paths.TOKENS_VAL, (10, 7)), (paths.TOKENS_TEST, (8, 6))):
-        save_token_set(from_lists([torch.randint(0, 64, (n,), generator=g).tolist() for n in lengths]),
-                       d / path)
+    """Token caches and TOY's params.yaml in ``d``."""
+    write_token_caches(d, train=(12, 9, 16, 5), val=(10, 7), test=(8, 6))
     (d / "params.yaml").write_text(yaml.safe_dump(TOY))
 
 
@@ -188,7 +184,7 @@ def test_phase2_stage_oom_message(target, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _inputs(tmp_path)
     phase1.run(from_dict(TOY, phase1.SECTIONS))
-    phase2_inputs()
+    write_gate()
     monkeypatch.setattr(target, _oom)
     code, err = _run_stage_script("phase2_lm", monkeypatch, capsys)
     assert code == 2, err
@@ -207,7 +203,7 @@ def test_stages_record_precision_device_and_peak_memory(tmp_path, monkeypatch):
     _inputs(tmp_path)
     cfg = {**TOY, "runtime": {"device": "auto", "precision": "fp16", "threads": 1}}
     m1 = phase1.run(from_dict(cfg, phase1.SECTIONS))
-    phase2_inputs()
+    write_gate()
     m2 = phase2.run(from_dict(cfg, phase2.SECTIONS))
     for m in (m1, m2):
         assert m["device"] == "cpu" and m["precision"] == "fp16" and m["peak_rss_mb"] > 10
