@@ -140,7 +140,7 @@ class ValidateConfig:
 @dataclass(frozen=True)
 class Phase2Config:
     epochs: int = F(10, integer(1, 100_000), "epochs (one pass over the training tokens each)")
-    learning_rate: float = F(0.002, number(0, 10, lo_open=True), "Adam lr")
+    learning_rate: float = F(0.001, number(0, 10, lo_open=True), "peak learning rate (of the schedule)")
     gradient_clip: float = F(1.0, number(0, lo_open=True), "gradient-norm clip")
     batch_tokens: int = F(1024, integer(0), "tokens per optimizer step; 0 = one full-batch step per epoch (original)")
     chunk_tokens: int = F(2048, integer(1), "tokens per logits chunk (bounds memory: chunk x vocab)")
@@ -150,11 +150,11 @@ class Phase2Config:
     early_stop_patience: int = F(2, integer(0), "stop after N epochs without a better validation loss; 0 = never")
     freeze_embeddings: bool = F(False, boolean, "the embedding E and LN_e stay as Phase 1 left them")
     context_noise_std: float = F(0.0, number(0, 100), "sigma of noise on the carried context in training")
-    weight_decay: float = F(0.0, number(0, 10), "AdamW decoupled weight decay of the matrices; 0 = Adam")
+    weight_decay: float = F(0.1, number(0, 10), "AdamW decoupled weight decay of the matrices; 0 = Adam")
     dropout: float = F(0.1, number(0, 1, hi_open=True), "dropout on the head's input in training")
-    lr_schedule: str = F("constant", choice(*SCHEDULES), "constant, or cosine: linear warm-up over "
+    lr_schedule: str = F("cosine", choice(*SCHEDULES), "constant, or cosine: linear warm-up over "
                          "warmup_fraction of the steps, then a cosine down to min_lr_ratio x learning_rate")
-    warmup_fraction: float = F(0.0, number(0, 1), "lr_schedule cosine: fraction of the optimizer steps of warm-up")
+    warmup_fraction: float = F(0.05, number(0, 1), "lr_schedule cosine: fraction of the optimizer steps of warm-up")
     min_lr_ratio: float = F(0.1, number(0, 1), "lr_schedule cosine: the last step's rate / learning_rate")
 
 
@@ -166,16 +166,16 @@ class TransformerConfig:
     dropout: float = F(0.1, number(0, 1, hi_open=True), "dropout in the blocks and on the embeddings")
     tie_embeddings: bool = F(True, boolean, "head weight = embedding matrix")
     epochs: int = F(10, integer(1, 100_000), "epochs (as phase2.epochs)")
-    learning_rate: float = F(0.002, number(0, 10, lo_open=True), "Adam lr (as phase2.learning_rate)")
+    learning_rate: float = F(0.0003, number(0, 10, lo_open=True), "peak learning rate (of the schedule)")
     batch_tokens: int = F(1024, integer(0), "tokens per optimizer step (whole sequences; 0 = all)")
     chunk_tokens: int = F(2048, integer(1), "targets per head/CE chunk (bounds memory)")
     gradient_clip: float = F(1.0, number(0, lo_open=True), "gradient-norm clip")
-    weight_decay: float = F(0.0, number(0, 10), "AdamW decoupled weight decay of the matrices; 0 = Adam")
+    weight_decay: float = F(0.1, number(0, 10), "AdamW decoupled weight decay of the matrices; 0 = Adam")
     early_stop_patience: int = F(2, integer(0), "stop after N epochs without improvement; 0 = never")
     checkpoint_every: int = F(1, integer(1), "rolling resume checkpoint every N epochs")
-    lr_schedule: str = F("constant", choice(*SCHEDULES), "constant, or cosine: linear warm-up over "
+    lr_schedule: str = F("cosine", choice(*SCHEDULES), "constant, or cosine: linear warm-up over "
                          "warmup_fraction of the steps, then a cosine down to min_lr_ratio x learning_rate")
-    warmup_fraction: float = F(0.0, number(0, 1), "lr_schedule cosine: fraction of the optimizer steps of warm-up")
+    warmup_fraction: float = F(0.05, number(0, 1), "lr_schedule cosine: fraction of the optimizer steps of warm-up")
     min_lr_ratio: float = F(0.1, number(0, 1), "lr_schedule cosine: the last step's rate / learning_rate")
 
 
