@@ -41,7 +41,7 @@ def test_whole_chain_rerun_rules_and_metrics_diff(reproduced, tmp_path):
     assert "final_diff" in next(iter(detail.values()))["data"]["metrics/validate.json"]["data"]
 
     # a phase2 param re-runs only phase2_lm and report; no baseline, no transformer
-    repo.set_params({"phase2": {"learning_rate": 0.001}})
+    repo.set_params({"phase2": {"learning_rate": 0.003}})
     assert sorted(repo.ran_stages(repo.repro().stdout)) == ["phase2_lm", "report"]
     # a phase1 param re-runs phase1 and what follows it, no baseline either
     repo.set_params({"phase1": {"learning_rate": 0.001}})
